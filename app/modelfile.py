@@ -1,0 +1,112 @@
+"""Open an exported avtca ONNX model and check that it describes itself truthfully. Torch-free."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+METADATA_KEY = "avtca"  # metadata_props key whose value is the model's JSON description
+METADATA_FORMAT = "avtca-onnx/1"
+INPUT_NAMES = ("audio", "faces", "presence")
+OUTPUT_NAME = "probabilities"
+REQUIRED_KEYS = ("format", "preset", "labels", "sample_rate_hz", "window_seconds", "window_samples", "frames",
+                 "face_size", "face_channels", "config", "trained", "weights_sha256")
+
+
+class ModelFileError(Exception):
+    """A model file that is missing, unreadable, or does not match its own description."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the app needs to feed a model, read from the model file itself."""
+
+    path: Path
+    preset: str
+    labels: tuple[str, ...]
+    sample_rate_hz: int
+    window_seconds: float
+    window_samples: int
+    frames: int
+    face_size: int
+    face_channels: int
+    trained: bool
+    metadata: dict
+
+    @classmethod
+    def from_metadata(cls, path: Path, meta: dict) -> "ModelInfo":
+        return cls(path=path, preset=meta["preset"], labels=tuple(meta["labels"]),
+                   sample_rate_hz=int(meta["sample_rate_hz"]), window_seconds=float(meta["window_seconds"]),
+                   window_samples=int(meta["window_samples"]), frames=int(meta["frames"]),
+                   face_size=int(meta["face_size"]), face_channels=int(meta["face_channels"]),
+                   trained=bool(meta["trained"]), metadata=meta)
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for --device cpu|cuda."""
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+
+
+def _parse_metadata(path: Path, custom: dict[str, str]) -> dict:
+    if METADATA_KEY not in custom:
+        raise ModelFileError(f"model file {path} carries no avtca metadata; export it with avtca-export")
+    try:
+        meta = json.loads(custom[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"model file {path} has malformed avtca metadata ({e}); re-export it with avtca-export") from e
+    missing = [k for k in REQUIRED_KEYS if k not in meta] if isinstance(meta, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise ModelFileError(f"model file {path} metadata lacks {', '.join(missing)}; re-export it with avtca-export")
+    if meta["format"] != METADATA_FORMAT:
+        raise ModelFileError(f"model file {path} has metadata format {meta['format']!r}, this app reads "
+                             f"{METADATA_FORMAT!r}; re-export it with this version's avtca-export")
+    return meta
+
+
+def _check_io(path: Path, session, info: ModelInfo) -> None:
+    """The graph's inputs and output must have the shapes and types the metadata promises."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    if tuple(sorted(inputs)) != tuple(sorted(INPUT_NAMES)):
+        raise ModelFileError(f"model file {path} has inputs {sorted(inputs)}, expected {list(INPUT_NAMES)}")
+    expected = {
+        "audio": ("tensor(float)", [info.window_samples]),
+        "faces": ("tensor(uint8)", [info.frames, info.face_size, info.face_size, info.face_channels]),
+        "presence": ("tensor(float)", [2]),
+    }
+    for name, (dtype, dims) in expected.items():
+        got = inputs[name]
+        if got.type != dtype or list(got.shape[1:]) != dims:
+            raise ModelFileError(f"model file {path} input {name!r} is {got.type} {got.shape}, but its metadata "
+                                 f"says {dtype} [batch, {', '.join(map(str, dims))}]; re-export it with avtca-export")
+    outputs = session.get_outputs()
+    if len(outputs) != 1 or outputs[0].shape[-1] != len(info.labels):
+        shapes = [o.shape for o in outputs]
+        raise ModelFileError(f"model file {path} outputs {shapes}, but its metadata names {len(info.labels)} labels")
+
+
+def open_model(path: str | Path, providers: list[str] | None = None, threads: int = 0):
+    """(onnxruntime.InferenceSession, ModelInfo) for a validated avtca model; ModelFileError otherwise."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; pass --model PATH or export one with avtca-export")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"model file {path} is not a readable ONNX model (truncated or corrupt?): {reason}; "
+                             f"re-export it with avtca-export") from e
+    meta = _parse_metadata(path, session.get_modelmeta().custom_metadata_map)
+    info = ModelInfo.from_metadata(path, meta)
+    _check_io(path, session, info)
+    return session, info
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The validated description of a model file, without keeping a session."""
+    return open_model(path)[1]

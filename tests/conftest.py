@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data in ../shared/data and a small exported model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("AVTCA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; the test is skipped with the reason if it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data {path} is not on this machine (set AVTCA_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def live_onnx(tmp_path_factory) -> Path:
+    """The live preset, freshly initialised (seed 0) and exported once per test session."""
+    torch = pytest.importorskip("torch")
+    from avtca.model.config import preset
+    from avtca.model.export import export
+    from avtca.model.network import AVTCA
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("export") / "live.onnx"
+    export(AVTCA(preset("live")), out, training=None)
+    return out

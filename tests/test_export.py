@@ -1,0 +1,134 @@
+"""avtca-export: one self-contained, verified, self-describing ONNX file that the app's loader accepts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from avtca.app.modelfile import METADATA_KEY, ModelFileError, open_model, read_model_info
+from avtca.model.checkpoint import save_checkpoint, weights_sha256
+from avtca.model.config import preset
+from avtca.model.export import FP32_TOLERANCE, example_inputs, main as export_main
+from avtca.model.network import AVTCA
+
+
+def fresh_live_model() -> AVTCA:
+    torch.manual_seed(0)
+    return AVTCA(preset("live")).eval()
+
+
+def test_single_file_dynamic_batch_and_opset(live_onnx: Path):
+    assert sorted(p.name for p in live_onnx.parent.iterdir()) == ["live.onnx"]  # no external-data file
+    proto = onnx.load(str(live_onnx))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert any(n.op_type == "STFT" for n in proto.graph.node)  # the front end is in the graph
+    for inp in proto.graph.input:
+        assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
+
+
+def test_onnx_runtime_matches_pytorch_on_new_inputs(live_onnx: Path):
+    model = fresh_live_model()
+    session, _ = open_model(live_onnx)
+    audio, faces, presence = example_inputs(model, 5, seed=99)
+    got = session.run(None, {"audio": audio.numpy(), "faces": faces.numpy(), "presence": presence.numpy()})[0]
+    with torch.no_grad():
+        expected = model(audio, faces, presence).numpy()
+    assert got.shape == (5, 7)
+    assert np.abs(got - expected).max() <= FP32_TOLERANCE
+
+
+def test_metadata_round_trip(live_onnx: Path):
+    model = fresh_live_model()
+    info = read_model_info(live_onnx)
+    cfg = model.cfg
+    assert info.labels == cfg.labels and info.preset == "live"
+    assert (info.sample_rate_hz, info.window_samples, info.frames) == (16000, cfg.window_samples, cfg.frames)
+    assert (info.face_size, info.face_channels) == (48, 1)
+    assert info.trained is False and info.metadata["training"] is None
+    assert info.metadata["config"] == json.loads(cfg.to_json())
+    assert info.metadata["weights_sha256"] == weights_sha256(model)
+    assert info.metadata["verification"]["max_abs_diff"] <= FP32_TOLERANCE
+    assert info.metadata["export"]["opset"] >= 17
+
+
+def test_export_cli_from_checkpoint_records_training(tmp_path: Path):
+    model = fresh_live_model()
+    ckpt = tmp_path / "model.pt"
+    training = {"datasets": ["unit-test"], "label_mapping": {"calm": "neutral"}, "command": "pytest"}
+    save_checkpoint(ckpt, model, training=training, evaluation={"accuracy": 0.5})
+    out = tmp_path / "m.onnx"
+    assert export_main([str(ckpt), "-o", str(out)]) == 0
+    info = read_model_info(out)
+    assert info.trained is True
+    assert info.metadata["training"]["label_mapping"] == {"calm": "neutral"}
+    assert info.metadata["evaluation"] == {"accuracy": 0.5}
+
+
+def test_export_cli_int8_checks_argmax_agreement(tmp_path: Path, capsys):
+    out = tmp_path / "m8.onnx"
+    assert export_main(["--init", "live", "-o", str(out), "--int8"]) == 0
+    meta = read_model_info(out).metadata
+    assert meta["export"]["int8"] is True
+    assert meta["verification"]["agreement"] >= meta["verification"]["minimum"]
+    assert "argmax agreement" in capsys.readouterr().out
+
+
+def test_export_cli_missing_checkpoint(tmp_path: Path, capsys):
+    assert export_main([str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _strip_metadata(src: Path, dst: Path) -> None:
+    proto = onnx.load(str(src))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(dst))
+
+
+def _edit_metadata(src: Path, dst: Path, **changes) -> None:
+    proto = onnx.load(str(src))
+    meta = json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
+    meta.update(changes)
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    onnx.save(proto, str(dst))
+
+
+def test_bad_model_files_each_get_one_clear_error(live_onnx: Path, tmp_path: Path):
+    missing = tmp_path / "missing.onnx"
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(live_onnx.read_bytes()[: live_onnx.stat().st_size // 2])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not a model\n" * 100)
+    bare = tmp_path / "bare.onnx"
+    _strip_metadata(live_onnx, bare)
+    wrong_frames = tmp_path / "wrong_frames.onnx"
+    _edit_metadata(live_onnx, wrong_frames, frames=15)
+    wrong_labels = tmp_path / "wrong_labels.onnx"
+    _edit_metadata(live_onnx, wrong_labels, labels=["happy", "sad"])
+    no_labels = tmp_path / "no_labels.onnx"
+    proto = onnx.load(str(live_onnx))
+    meta = json.loads(proto.metadata_props[0].value)
+    del meta["labels"]
+    proto.metadata_props[0].value = json.dumps(meta)
+    onnx.save(proto, str(no_labels))
+
+    cases = {
+        missing: "does not exist",
+        truncated: "not a readable ONNX model",
+        garbage: "not a readable ONNX model",
+        bare: "carries no avtca metadata",
+        wrong_frames: "input 'faces'",
+        wrong_labels: "names 2 labels",
+        no_labels: "metadata lacks labels",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ModelFileError) as err:
+            open_model(path)
+        text = str(err.value)
+        assert message in text and str(path) in text
+        assert "\n" not in text
