@@ -1,0 +1,176 @@
+"""Readers for the public emotion datasets in their standard layouts, and a manifest CSV. Torch-free.
+
+Each reader walks `root` recursively (root may sit anywhere above the files), parses labels and speaker IDs from
+file names, and returns `Item`s with the dataset's own label; `labels.map_label` maps them onto a model.
+Files whose names do not follow the layout are counted, never guessed at.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RAVDESS_LABELS
+
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+VIDEO_EXT = {".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm"}
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp"}
+
+RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+RAVDESS_MODALITY = {"01": "av", "02": "video", "03": "audio"}
+CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+CREMAD_EMOTION = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+FER_SPLIT_PREFIX = {"Training": "train", "PublicTest": "test", "PrivateTest": "private"}
+EMODB_NAME = re.compile(r"^(\d\d)([a-z]\d\d)([WLEAFTN])([a-z]?)$")
+EMODB_EMOTION = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness",
+                 "N": "neutral"}
+TESS_EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "ps", "sad")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample of a dataset: a file (or a segment of one), its own label and its speaker."""
+
+    path: Path
+    label: str
+    speaker: str
+    dataset: str
+    kind: str  # "av" audio+video file, "video" video only, "audio", "image"
+    split: str = ""  # the dataset's own split, where it has one (FER2013: train / test / private)
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class ReadReport:
+    """What a reader found and what it passed over."""
+
+    items: list[Item] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+
+def _files(root: Path, extensions: set[str]) -> list[Path]:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset root {root} does not exist; pass the folder that holds the dataset")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
+def read_ravdess(root: Path, modalities: tuple[str, ...] = ("av", "audio"), speech_only: bool = True) -> ReadReport:
+    """RAVDESS `MM-VV-EE-II-SS-RR-AA.{mp4,wav,flac}`: modality, channel, emotion, ..., actor."""
+    report = ReadReport()
+    for path in _files(root, AUDIO_EXT | VIDEO_EXT):
+        m = RAVDESS_NAME.match(path.stem)
+        if not m:
+            report.skip("name is not MM-VV-EE-II-SS-RR-AA")
+            continue
+        modality, channel, emotion, _, _, _, actor = m.groups()
+        kind = RAVDESS_MODALITY.get(modality)
+        if kind is None or not 1 <= int(emotion) <= 8:
+            report.skip("unknown modality or emotion code")
+            continue
+        if kind not in modalities or (speech_only and channel != "01"):
+            report.skip(f"not selected ({kind}, {'speech' if channel == '01' else 'song'})")
+            continue
+        report.items.append(Item(path, RAVDESS_LABELS[int(emotion) - 1], actor, "ravdess", kind))
+    return report
+
+
+def read_cremad(root: Path, modalities: tuple[str, ...] = ("av", "audio")) -> ReadReport:
+    """CREMA-D `AAAA_SSS_EEE_LL.{flv,wav}` (VideoFlash/ holds audio-video, AudioWAV/ audio)."""
+    report = ReadReport()
+    for path in _files(root, AUDIO_EXT | VIDEO_EXT):
+        m = CREMAD_NAME.match(path.stem)
+        if not m or m.group(3) not in CREMAD_EMOTION:
+            report.skip("name is not AAAA_SSS_EEE_LL")
+            continue
+        kind = "av" if path.suffix.lower() in VIDEO_EXT else "audio"
+        if kind not in modalities:
+            report.skip(f"not selected ({kind})")
+            continue
+        report.items.append(Item(path, CREMAD_EMOTION[m.group(3)], m.group(1), "crema-d", kind))
+    return report
+
+
+def read_fer2013(root: Path) -> ReadReport:
+    """FER2013 image folders `{train,test}/<class>/*.jpg`; the split comes from the file prefix or the folder."""
+    report = ReadReport()
+    for path in _files(root, IMAGE_EXT):
+        label = path.parent.name.lower()
+        if label not in FER_CLASSES:
+            report.skip("parent folder is not a FER2013 class")
+            continue
+        prefix = path.stem.split("_", 1)[0]
+        split = FER_SPLIT_PREFIX.get(prefix) or path.parent.parent.name.lower()
+        report.items.append(Item(path, label, "", "fer2013", "image", split=split))
+    return report
+
+
+def read_emodb(root: Path) -> ReadReport:
+    """EmoDB `wav/03a01Fa.wav`: speaker, text, emotion letter (German initial), version."""
+    report = ReadReport()
+    for path in _files(root, AUDIO_EXT):
+        m = EMODB_NAME.match(path.stem)
+        if not m:
+            report.skip("name is not SSTTTEv (e.g. 03a01Fa)")
+            continue
+        report.items.append(Item(path, EMODB_EMOTION[m.group(3)], m.group(1), "emodb", "audio"))
+    return report
+
+
+def read_tess(root: Path) -> ReadReport:
+    """TESS `OAF_angry/OAF_back_angry.wav`: speaker OAF or YAF, the word, the emotion last ('ps' surprise)."""
+    report = ReadReport()
+    for path in _files(root, AUDIO_EXT):
+        parts = path.stem.split("_")
+        emotion = "_".join(parts[2:]).lower() if len(parts) >= 3 else ""
+        if len(parts) < 3 or parts[0].upper() not in ("OAF", "YAF") or emotion not in TESS_EMOTIONS:
+            report.skip("name is not SPK_word_emotion")
+            continue
+        report.items.append(Item(path, emotion, parts[0].upper(), "tess", "audio"))
+    return report
+
+
+def read_manifest(csv_path: Path) -> ReadReport:
+    """A CSV with columns path, label, speaker and optional start, end (seconds); paths relative to the CSV."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"manifest {csv_path} does not exist")
+    report = ReadReport()
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"path", "label", "speaker"} <= set(rows[0]):
+        raise ValueError(f"manifest {csv_path} needs the columns path, label, speaker (has {sorted(rows[0])})")
+    for row in rows:
+        path = Path(row["path"])
+        path = path if path.is_absolute() else csv_path.parent / path
+        suffix = path.suffix.lower()
+        kind = "av" if suffix in VIDEO_EXT else "image" if suffix in IMAGE_EXT else "audio"
+        start = float(row["start"]) if row.get("start") else None
+        end = float(row["end"]) if row.get("end") else None
+        report.items.append(Item(path, row["label"], row["speaker"], "manifest", kind, start=start, end=end))
+    return report
+
+
+READERS = {
+    "ravdess": read_ravdess,
+    "crema-d": read_cremad,
+    "fer2013": read_fer2013,
+    "emodb": read_emodb,
+    "tess": read_tess,
+    "manifest": read_manifest,
+}
+
+
+def read_dataset(name: str, root: Path, **kwargs) -> ReadReport:
+    """Run the named reader; ValueError for an unknown name."""
+    if name not in READERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(READERS)}")
+    return READERS[name](Path(root), **kwargs)

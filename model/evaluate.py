@@ -1,0 +1,287 @@
+"""avtca-eval: accuracy, macro-F1 and UAR of a model on a dataset, through ONNX Runtime as the app runs it.
+
+A PyTorch checkpoint is evaluated by the same code (`--checkpoint`), giving the same figures up to the export
+tolerance. Face images are fed as T copies with the voice marked missing; voice clips as their centre window
+with the face marked missing; audio-video clips and face-voice pairs are scored fused, face-only and voice-only
+on the same samples, so the gain of fusion is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..app.audio import centre_window
+from ..app.modelfile import ModelFileError, open_model
+from .cache import load_audio_clips, load_face_images, pixel_hashes
+from .datasets import Item, read_dataset
+from .labels import map_label, mapping_table
+from .metrics import format_line, summarise
+from .splits import parse_actors
+
+MODES = {"fused": (1.0, 1.0), "face_only": (0.0, 1.0), "voice_only": (1.0, 0.0)}
+BATCH = 64
+PAIR_SEED = 2024
+
+
+class Predictor:
+    """Probabilities from (audio (B, S) float32, faces (B, T, H, W, C) uint8, presence (B, 2) float32)."""
+
+    def __init__(self, run, labels, sample_rate_hz, window_samples, frames, face_size, face_channels, source):
+        self.run, self.labels, self.source = run, tuple(labels), source
+        self.sample_rate_hz, self.window_samples = sample_rate_hz, window_samples
+        self.frames, self.face_size, self.face_channels = frames, face_size, face_channels
+
+    @classmethod
+    def onnx(cls, path: Path, threads: int = 0) -> "Predictor":
+        session, info = open_model(path, threads=threads)
+        run = lambda a, f, p: session.run(None, {"audio": a, "faces": f, "presence": p})[0]  # noqa: E731
+        return cls(run, info.labels, info.sample_rate_hz, info.window_samples, info.frames, info.face_size,
+                   info.face_channels, f"onnx:{path}")
+
+    @classmethod
+    def checkpoint(cls, path: Path) -> "Predictor":
+        import torch
+
+        from .checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(path)
+        cfg = model.cfg
+
+        def run(a, f, p):
+            with torch.no_grad():
+                return model(torch.from_numpy(a), torch.from_numpy(f), torch.from_numpy(p)).numpy()
+
+        return cls(run, cfg.labels, cfg.sample_rate_hz, cfg.window_samples, cfg.frames, cfg.face_size,
+                   cfg.face_channels, f"checkpoint:{path}")
+
+    def predict(self, audio: np.ndarray, faces: np.ndarray, presence: tuple[float, float]) -> np.ndarray:
+        """(N, classes) probabilities, computed in batches."""
+        out = []
+        for i in range(0, len(audio), BATCH):
+            a, f = audio[i:i + BATCH], faces[i:i + BATCH]
+            p = np.tile(np.asarray(presence, np.float32), (len(a), 1))
+            out.append(self.run(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(f, np.uint8), p))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def empty_faces(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.frames, self.face_size, self.face_size, self.face_channels), np.uint8)
+
+    def empty_audio(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.window_samples), np.float32)
+
+
+def face_clip(crops: np.ndarray, frames: int) -> np.ndarray:
+    """(N, H, W, C) single images -> (N, T, H, W, C) clips of T identical frames."""
+    return np.repeat(crops[:, None], frames, axis=1)
+
+
+def filter_actors(items: list[Item], actors: str | None) -> list[Item]:
+    if not actors:
+        return items
+    wanted = parse_actors(actors)
+    return [it for it in items if it.speaker.isdigit() and int(it.speaker) in wanted]
+
+
+def _mapped(items: list[Item], labels) -> tuple[list[Item], np.ndarray, int]:
+    ys = [map_label(it.label, labels) for it in items]
+    kept = [(it, y) for it, y in zip(items, ys) if y is not None]
+    return [k[0] for k in kept], np.asarray([k[1] for k in kept], np.int64), len(items) - len(kept)
+
+
+def eval_faces(pred: Predictor, root: Path, split: str) -> tuple[dict, dict]:
+    """FER2013-style image folders: `split` scored, exact pixel duplicates of training images removed."""
+    items, ys, dropped = _mapped(read_dataset("fer2013", root).items, pred.labels)
+    test = [i for i, it in enumerate(items) if it.split == split]
+    train = [i for i, it in enumerate(items) if it.split == "train"]
+    crops, kept, skipped = load_face_images([items[i] for i in test], pred.face_size, pred.face_channels)
+    y = ys[np.asarray(test, np.int64)[kept]] if len(kept) else np.zeros(0, np.int64)
+    notes = {"split": split, "skipped": dict(skipped), "dropped_by_label_mapping": dropped}
+    if split != "train" and train:
+        train_crops, _, _ = load_face_images([items[i] for i in train], pred.face_size, pred.face_channels)
+        seen = set(pixel_hashes(train_crops))
+        unique = np.asarray([h not in seen for h in pixel_hashes(crops)], bool)
+        crops, y = crops[unique], y[unique]
+        notes["duplicates_of_training_removed"] = int((~unique).sum())
+    else:
+        notes["duplicates_of_training_removed"] = None
+    probs = pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"])
+    result = summarise(y, probs.argmax(1), pred.labels)
+    result["label_mapping"] = mapping_table([it.label for it in items], pred.labels)
+    return result, notes
+
+
+def voice_windows(pred: Predictor, items: list[Item]) -> tuple[np.ndarray, np.ndarray, Counter]:
+    clips, kept, skipped = load_audio_clips(items, pred.sample_rate_hz)
+    audio = np.stack([centre_window(c, pred.window_samples) for c in clips]) if clips else pred.empty_audio(0)
+    return audio, kept, skipped
+
+
+def eval_voices(pred: Predictor, dataset: str, root: Path, actors: str | None) -> tuple[dict, dict]:
+    kwargs = {"modalities": ("audio",)} if dataset in ("ravdess", "crema-d") else {}
+    all_items = read_dataset(dataset, root, **kwargs).items
+    items, ys, dropped = _mapped(filter_actors(all_items, actors), pred.labels)
+    audio, kept, skipped = voice_windows(pred, items)
+    probs = pred.predict(audio, pred.empty_faces(len(audio)), MODES["voice_only"])
+    result = summarise(ys[kept], probs.argmax(1), pred.labels)
+    result["label_mapping"] = mapping_table([it.label for it in all_items], pred.labels)
+    notes = {"actors": actors, "skipped": dict(skipped), "dropped_by_label_mapping": dropped,
+             "items": _per_item([items[i] for i in kept], probs, pred.labels)}
+    return result, notes
+
+
+def eval_av(pred: Predictor, dataset: str, root: Path, actors: str | None, cfg_like) -> tuple[dict, dict]:
+    """Real audio-video clips: fused, face-only and voice-only on the same clips."""
+    from .clips import load_av_clips
+
+    kwargs = {"modalities": ("av",)} if dataset in ("ravdess", "crema-d") else {}
+    all_items = read_dataset(dataset, root, **kwargs).items
+    items, ys, dropped = _mapped(filter_actors(all_items, actors), pred.labels)
+    audio, faces, kept, skipped = load_av_clips(items, cfg_like)
+    audio = np.stack(audio) if len(audio) else pred.empty_audio(0)
+    modes, probs_by_mode = {}, {}
+    for mode, presence in MODES.items():
+        probs_by_mode[mode] = pred.predict(audio, faces, presence)
+        modes[mode] = summarise(ys[kept], probs_by_mode[mode].argmax(1), pred.labels)
+    result = dict(modes["fused"])
+    result.update(modes)
+    result["label_mapping"] = mapping_table([it.label for it in all_items], pred.labels)
+    notes = {"actors": actors, "skipped": dict(skipped), "dropped_by_label_mapping": dropped,
+             "items": _per_item([items[i] for i in kept], probs_by_mode["fused"], pred.labels,
+                                {m: p for m, p in probs_by_mode.items() if m != "fused"})}
+    return result, notes
+
+
+def eval_paired(pred: Predictor, face_root: Path, voice_dataset: str, voice_root: Path, actors: str | None,
+                face_split: str, seed: int) -> tuple[dict, dict]:
+    """Each voice clip paired with a face image of the same label (seeded), scored three ways."""
+    faces_result, face_notes = None, None
+    f_items, f_ys, _ = _mapped(read_dataset("fer2013", face_root).items, pred.labels)
+    test = [i for i, it in enumerate(f_items) if it.split == face_split]
+    train = [i for i, it in enumerate(f_items) if it.split == "train"]
+    crops, kept, _ = load_face_images([f_items[i] for i in test], pred.face_size, pred.face_channels)
+    face_y = f_ys[np.asarray(test, np.int64)[kept]]
+    removed = None
+    if train and face_split != "train":
+        seen = set(pixel_hashes(load_face_images([f_items[i] for i in train], pred.face_size, pred.face_channels)[0]))
+        unique = np.asarray([h not in seen for h in pixel_hashes(crops)], bool)
+        crops, face_y, removed = crops[unique], face_y[unique], int((~unique).sum())
+    kwargs = {"modalities": ("audio",)} if voice_dataset in ("ravdess", "crema-d") else {}
+    v_all = read_dataset(voice_dataset, voice_root, **kwargs).items
+    v_items, v_ys, _ = _mapped(filter_actors(v_all, actors), pred.labels)
+    audio, v_kept, skipped = voice_windows(pred, v_items)
+    voice_y = v_ys[v_kept]
+    rng = np.random.default_rng(seed)
+    by_label = {c: np.flatnonzero(face_y == c) for c in np.unique(face_y)}
+    face_idx = np.asarray([by_label[c][rng.integers(len(by_label[c]))] if c in by_label else -1 for c in voice_y])
+    ok = face_idx >= 0
+    audio, voice_y, face_idx = audio[ok], voice_y[ok], face_idx[ok]
+    clips = face_clip(crops[face_idx], pred.frames) if len(face_idx) else pred.empty_faces(0)
+    modes = {m: summarise(voice_y, pred.predict(audio, clips, p).argmax(1), pred.labels) for m, p in MODES.items()}
+    result = dict(modes["fused"])
+    result.update(modes)
+    result["label_mapping"] = {"faces": mapping_table([it.label for it in f_items], pred.labels),
+                               "voices": mapping_table([it.label for it in v_all], pred.labels)}
+    notes = {"pairing_seed": seed, "face_split": face_split, "face_duplicates_of_training_removed": removed,
+             "voice_actors": actors, "pairs": int(ok.sum()), "voice_clips_without_a_face_of_their_label":
+             int((~ok).sum()), "skipped": dict(skipped)}
+    return result, notes
+
+
+def _per_item(items: list[Item], probs: np.ndarray, labels, other: dict | None = None) -> list[dict]:
+    rows = []
+    for k, (item, p) in enumerate(zip(items, probs)):
+        row = {"file": item.path.name, "label": item.label, "predicted": labels[int(p.argmax())],
+               "confidence": round(float(p.max()), 3)}
+        for mode, op in (other or {}).items():
+            row[f"{mode}_predicted"] = labels[int(op[k].argmax())]
+        rows.append(row)
+    return rows
+
+
+class _CfgLike:
+    """The fields load_av_clips reads, taken from a Predictor."""
+
+    def __init__(self, p: Predictor, window_seconds: float):
+        self.sample_rate_hz, self.window_samples, self.frames = p.sample_rate_hz, p.window_samples, p.frames
+        self.face_size, self.face_channels, self.window_seconds = p.face_size, p.face_channels, window_seconds
+
+
+def evaluate(args) -> dict:
+    pred = Predictor.checkpoint(args.checkpoint) if args.checkpoint else Predictor.onnx(args.model, args.threads)
+    window_seconds = pred.window_samples / pred.sample_rate_hz
+    if args.dataset == "fer2013":
+        result, notes = eval_faces(pred, args.root, args.split or "test")
+    elif args.dataset == "paired":
+        if not (args.face_root and args.voice_root):
+            raise ValueError("--dataset paired needs --face-root (FER2013 folders) and --voice-root")
+        result, notes = eval_paired(pred, args.face_root, args.voice_dataset, args.voice_root, args.actors,
+                                    args.split or "test", args.seed)
+    elif args.av:
+        result, notes = eval_av(pred, args.dataset, args.root, args.actors, _CfgLike(pred, window_seconds))
+    else:
+        result, notes = eval_voices(pred, args.dataset, args.root, args.actors)
+    result["dataset"] = args.dataset
+    result["model"] = pred.source
+    result["notes"] = notes
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="avtca-eval", description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="exported .onnx model (default exported/avtca.onnx)")
+    src.add_argument("--checkpoint", type=Path, help="a PyTorch checkpoint from avtca-train instead")
+    p.add_argument("--dataset", required=True,
+                   choices=["fer2013", "ravdess", "crema-d", "emodb", "tess", "paired", "manifest"])
+    p.add_argument("--root", type=Path, help="any folder above the dataset's files (a CSV file for manifest)")
+    p.add_argument("--split", help="fer2013 split to score: test (PublicTest, default), private, train")
+    p.add_argument("--actors", help="only these speakers, e.g. 17-20")
+    p.add_argument("--av", action="store_true", help="score the audio-video files (RAVDESS 01-*, CREMA-D .flv)")
+    p.add_argument("--face-root", type=Path, help="paired: FER2013 folders")
+    p.add_argument("--voice-root", type=Path, help="paired: voice dataset folder")
+    p.add_argument("--voice-dataset", default="ravdess", help="paired: which reader the voice root needs")
+    p.add_argument("--seed", type=int, default=PAIR_SEED, help="paired: pairing seed")
+    p.add_argument("--per-item", action="store_true", help="print each file's prediction")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--plots", type=Path, help="write confusion-matrix PNGs into this folder")
+    args = p.parse_args(argv)
+    if args.model is None and args.checkpoint is None:
+        from ..app.paths import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL
+    if args.dataset != "paired" and args.root is None:
+        p.error(f"--dataset {args.dataset} needs --root")
+    try:
+        result = evaluate(args)
+    except (ModelFileError, FileNotFoundError, ValueError) as e:
+        print(f"avtca-eval: {e}", file=sys.stderr)
+        return 1
+    modes = [m for m in MODES if m in result] or [None]
+    for mode in modes:
+        print(format_line(f"{args.dataset} {mode or ''}".strip(), result[mode] if mode else result))
+    if args.per_item:
+        for row in result["notes"].get("items", []):
+            print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.plots:
+        from .plots import confusion_png
+
+        for mode in modes:
+            r = result[mode] if mode else result
+            name = f"{args.dataset}{'_' + mode if mode else ''}"
+            confusion_png(r["confusion_matrix"], r["labels"], args.plots / f"confusion_{name}.png",
+                          f"{name}: {r['accuracy']:.1%} accuracy, n={r['n']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

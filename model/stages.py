@@ -1,0 +1,297 @@
+"""The training stages: face CNN on images, voice on clips, fusion on face-voice pairs, end-to-end on AV clips.
+
+The live recipe runs face -> voice -> fusion. The per-frame face CNN is trained on single images first (like the
+reference, which starts from a face CNN trained on a face dataset), then frozen: fusion reuses its cached
+per-frame embeddings. A user with real audio-video datasets runs the 'av' stage, end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..app.audio import centre_window
+from .augment import augment_audio, augment_faces, random_window
+from .metrics import summarise
+from .network import AVTCA
+
+FACE_BATCH = 128
+CLIP_BATCH = 32
+EVAL_BATCH = 256
+LABEL_SMOOTHING = 0.1
+
+
+def batch_starts(n: int, batch: int) -> range:
+    """Starts of the full batches in n items; a single short batch when n < batch (tiny datasets)."""
+    return range(0, max(n - batch + 1, 1 if n else 0), batch)
+
+
+def to_pixels(crops: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float pixels in [0, 255]."""
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float()
+
+
+def scale_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [0, 255] -> the network's [-1, 1] (the same scaling FaceFrontEnd applies to uint8)."""
+    return pixels * (2.0 / 255.0) - 1.0
+
+
+def softhard(presence_batch: int, g: torch.Generator) -> torch.Tensor:
+    """Modality dropout (../shared/AVTCA.md): the batch four times over, as (4B, 2) presence weights:
+    both present, a random soft mix (c, 1 - c), voice only, face only."""
+    b = presence_batch
+    c = torch.rand(b, 1, generator=g)
+    return torch.cat([torch.ones(b, 2), torch.cat([c, 1 - c], 1), torch.tensor([[1.0, 0.0]]).expand(b, 2),
+                      torch.tensor([[0.0, 1.0]]).expand(b, 2)])
+
+
+# ---- faces -------------------------------------------------------------------------------------------------
+
+class FrameClassifier(nn.Module):
+    """The network's per-frame face CNN with a linear head, for training on single face images."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.encoder = model.face_encoder
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.encoder.out_features, model.cfg.num_classes))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(scale_pixels(pixels)))
+
+
+@dataclass
+class FaceData:
+    train: np.ndarray  # (N, H, W, C) uint8
+    train_y: np.ndarray  # (N,) int64
+    val: np.ndarray
+    val_y: np.ndarray
+
+
+def face_batches(data: FaceData, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(data.train), generator=g).numpy()
+    for i in batch_starts(len(order), FACE_BATCH):
+        idx = np.sort(order[i:i + FACE_BATCH])
+        pixels = augment_faces(to_pixels(data.train[idx]), g)
+        yield pixels.contiguous(memory_format=torch.channels_last), torch.from_numpy(data.train_y[idx])
+
+
+def face_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pixels, y = batch
+    logits = module(pixels).float()
+    return F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING), logits.detach(), y
+
+
+@torch.no_grad()
+def face_predict(classifier: FrameClassifier, crops: np.ndarray) -> np.ndarray:
+    classifier.eval()
+    out = [classifier(to_pixels(crops[i:i + EVAL_BATCH])).argmax(1) for i in range(0, len(crops), EVAL_BATCH)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
+
+
+@torch.no_grad()
+def frame_embeddings(model: AVTCA, crops: np.ndarray, views: int, seed: int) -> np.ndarray:
+    """(N, views, embed) float16 embeddings of each crop: view 0 as is, the rest augmented (flip, small affine)."""
+    model.face_encoder.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = np.zeros((len(crops), views, model.face_encoder.out_features), np.float16)
+    for i in range(0, len(crops), EVAL_BATCH):
+        pixels = to_pixels(crops[i:i + EVAL_BATCH])
+        for v in range(views):
+            x = pixels if v == 0 else augment_faces(pixels, g, erase_p=0.0)
+            out[i:i + len(pixels), v] = model.face_encoder(scale_pixels(x)).numpy()
+    return out
+
+
+# ---- voices ----------------------------------------------------------------------------------------------
+
+@dataclass
+class VoiceData:
+    train: list[np.ndarray]  # mono float32 clips at the model's rate
+    train_y: np.ndarray
+    val: list[np.ndarray]
+    val_y: np.ndarray
+
+
+def train_windows(clips: list[np.ndarray], idx: np.ndarray, length: int, g: torch.Generator) -> torch.Tensor:
+    """Random `length`-sample windows of the given clips, augmented: (len(idx), length) float32."""
+    audio = torch.stack([random_window(torch.from_numpy(clips[i]), length, g) for i in idx])
+    return augment_audio(audio, g)
+
+
+def eval_windows(clips: list[np.ndarray], length: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([centre_window(c, length) for c in clips])) if clips else torch.zeros(0, length)
+
+
+class VoiceHead(nn.Module):
+    """The network run on voice alone: everything after the per-frame CNN, with the face marked missing."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.model = model
+        for p in model.face_encoder.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        cfg = self.model.cfg
+        b = audio.shape[0]
+        empty = torch.zeros(b, cfg.frames, self.model.face_encoder.out_features)
+        presence = torch.tensor([[1.0, 0.0]]).expand(b, 2)
+        return self.model.logits_from_embeddings(audio, empty, presence)
+
+
+def voice_batches(data: VoiceData, length: int, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(data.train), generator=g).numpy()
+    for i in batch_starts(len(order), CLIP_BATCH):
+        idx = order[i:i + CLIP_BATCH]
+        yield train_windows(data.train, idx, length, g), torch.from_numpy(data.train_y[idx])
+
+
+# ---- fusion on pairs -----------------------------------------------------------------------------------
+
+class FusionHead(nn.Module):
+    """Everything after the per-frame CNN, fed cached frame embeddings: (audio, emb, presence) -> logits."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.model = model
+        for p in model.face_encoder.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, audio: torch.Tensor, emb: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        return self.model.logits_from_embeddings(audio, emb, presence)
+
+
+@dataclass
+class PairData:
+    voice: VoiceData
+    face_emb: np.ndarray  # (N, views, embed) float16, training faces
+    face_y: np.ndarray
+    val_face_emb: np.ndarray  # (M, embed) float16, validation faces (unaugmented view)
+    val_face_y: np.ndarray
+
+
+def pair_indices(voice_y: np.ndarray, face_y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each voice label, a face index with the same label, drawn at random (-1 where none exists)."""
+    by_label = {int(c): np.flatnonzero(face_y == c) for c in np.unique(face_y)}
+    out = np.full(len(voice_y), -1, np.int64)
+    for i, c in enumerate(voice_y):
+        pool = by_label.get(int(c))
+        if pool is not None and len(pool):
+            out[i] = pool[rng.integers(len(pool))]
+    return out
+
+
+def clip_from_views(views: np.ndarray, frames: int, g: torch.Generator) -> torch.Tensor:
+    """A face clip of `frames` embeddings drawn from the augmented views of one image: (frames, embed)."""
+    pick = torch.randint(0, views.shape[0], (frames,), generator=g).numpy()
+    return torch.from_numpy(views[pick].astype(np.float32))
+
+
+def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
+                 seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    rng = np.random.default_rng(seed * 1000 + epoch)
+    voice_idx = np.tile(np.arange(len(data.voice.train)), pairs_per_voice)
+    rng.shuffle(voice_idx)
+    face_idx = pair_indices(data.voice.train_y[voice_idx], data.face_y, rng)
+    keep = face_idx >= 0
+    voice_idx, face_idx = voice_idx[keep], face_idx[keep]
+    for i in batch_starts(len(voice_idx), CLIP_BATCH):
+        vi, fi = voice_idx[i:i + CLIP_BATCH], face_idx[i:i + CLIP_BATCH]
+        audio = train_windows(data.voice.train, vi, cfg.window_samples, g)
+        emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in fi])
+        presence = softhard(len(vi), g)
+        y = torch.from_numpy(data.voice.train_y[vi])
+        yield audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4)
+
+
+def fusion_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    audio, emb, presence, y = batch
+    logits = module(audio, emb, presence).float()
+    return F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING), logits.detach(), y
+
+
+def val_pairs(voice_y: np.ndarray, face_y: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed pairing of each validation voice clip with a validation face of the same label."""
+    return pair_indices(voice_y, face_y, np.random.default_rng(seed))
+
+
+@torch.no_grad()
+def fusion_validate(head: FusionHead, data: PairData, seed: int) -> dict:
+    """Fused, face-only and voice-only figures on the same validation pairs; 'selection' is their mean accuracy."""
+    cfg = head.model.cfg
+    head.eval()
+    fi = val_pairs(data.voice.val_y, data.val_face_y, seed)
+    keep = np.flatnonzero(fi >= 0)
+    audio = eval_windows([data.voice.val[i] for i in keep], cfg.window_samples)
+    emb = torch.from_numpy(data.val_face_emb[fi[keep]].astype(np.float32))[:, None, :].expand(-1, cfg.frames, -1)
+    y = data.voice.val_y[keep]
+    out = {}
+    for name, presence in (("fused", [1.0, 1.0]), ("face_only", [0.0, 1.0]), ("voice_only", [1.0, 0.0])):
+        p = torch.tensor([presence]).expand(len(keep), 2)
+        pred = torch.cat([head(audio[i:i + EVAL_BATCH], emb[i:i + EVAL_BATCH], p[i:i + EVAL_BATCH]).argmax(1)
+                          for i in range(0, len(keep), EVAL_BATCH)]).numpy()
+        out[name] = summarise(y, pred, cfg.labels)
+    metrics = dict(out["fused"])
+    metrics["selection"] = float(np.mean([out[k]["accuracy"] for k in out]))
+    metrics["modes"] = {k: {m: v[m] for m in ("accuracy", "macro_f1", "uar", "n")} for k, v in out.items()}
+    return metrics
+
+
+# ---- end to end on audio-video clips -------------------------------------------------------------------
+
+@dataclass
+class ClipData:
+    train_audio: list[np.ndarray]
+    train_faces: np.ndarray  # (N, T, H, W, C) uint8, frames spread over each clip's window
+    train_y: np.ndarray
+    val_audio: list[np.ndarray]
+    val_faces: np.ndarray
+    val_y: np.ndarray
+
+
+class FullModel(nn.Module):
+    """The whole network on uint8 faces, with pixel augmentation applied before the face CNN."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor, pixels: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        b, t = pixels.shape[:2]
+        emb = self.model.face_encoder(scale_pixels(pixels.flatten(0, 1))).reshape(b, t, -1)
+        return self.model.logits_from_embeddings(audio, emb, presence)
+
+
+def clip_batches(data: ClipData, model: AVTCA, epoch: int, seed: int) -> Iterator[tuple]:
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(data.train_y), generator=g).numpy()
+    for i in batch_starts(len(order), CLIP_BATCH):
+        idx = order[i:i + CLIP_BATCH]
+        audio = train_windows(data.train_audio, idx, cfg.window_samples, g)
+        faces = data.train_faces[idx]  # (B, T, H, W, C)
+        pixels = augment_faces(to_pixels(faces.reshape(-1, *faces.shape[2:])), g, frames=cfg.frames)
+        pixels = pixels.reshape(len(idx), cfg.frames, *pixels.shape[1:])
+        presence = softhard(len(idx), g)
+        y = torch.from_numpy(data.train_y[idx])
+        yield audio.repeat(4, 1), pixels.repeat(4, 1, 1, 1, 1), presence, y.repeat(4)
+
+
+@torch.no_grad()
+def clip_validate(model: AVTCA, data: ClipData) -> dict:
+    model.eval()
+    audio = eval_windows(data.val_audio, model.cfg.window_samples)
+    faces = torch.from_numpy(data.val_faces)
+    p = torch.ones(len(data.val_y), 2)
+    pred = torch.cat([model(audio[i:i + EVAL_BATCH], faces[i:i + EVAL_BATCH], p[i:i + EVAL_BATCH]).argmax(1)
+                      for i in range(0, len(data.val_y), EVAL_BATCH)]).numpy() if len(data.val_y) else np.zeros(0)
+    return summarise(data.val_y, pred, model.cfg.labels)

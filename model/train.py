@@ -1,0 +1,332 @@
+"""avtca-train: train AVT-CA on the public datasets with a speaker-independent protocol.
+
+Stages (the live recipe runs the first three in order; see `make model`):
+  face    the per-frame face CNN on face images (FER2013 Training; validation PublicTest minus duplicates)
+  voice   the audio branch and everything after it on voice clips, the face marked missing
+  fusion  temporal, fusion and cross-attention layers on pairs of a face clip and a voice clip with the same
+          label, with modality dropout; the face CNN is frozen and its per-frame embeddings cached
+  av      the whole network end to end on real audio-video clips (RAVDESS, CREMA-D, a manifest)
+Runs the same under `torchrun --nproc_per_node N` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import load_audio_clips, load_face_images, pixel_hashes
+from .checkpoint import load_checkpoint, provenance, save_checkpoint
+from .config import PRESETS, preset
+from .datasets import Item, read_dataset
+from .labels import map_label, mapping_table
+from .network import AVTCA, count_parameters
+from .splits import by_actors, kfold_by_actor, named_split, parse_actors, random_split
+from .stages import (
+    ClipData, FaceData, FrameClassifier, FullModel, FusionHead, PairData, VoiceData, VoiceHead, clip_batches,
+    clip_validate, eval_windows, face_batches, face_loss, face_predict, frame_embeddings, fusion_loss,
+    fusion_validate, pair_batches, voice_batches, CLIP_BATCH, FACE_BATCH,
+)
+from .metrics import summarise
+from .trainer import OptimConfig, Stage, fit
+
+FACE_VIEWS = 6  # cached augmented views per training face for the fusion stage
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def parse_sources(values: list[str], flag: str) -> list[tuple[str, Path]]:
+    out = []
+    for v in values or []:
+        name, sep, root = v.partition("=")
+        if not sep:
+            raise SystemExit(f"avtca-train: {flag} {v!r} must look like DATASET=PATH, e.g. ravdess=/data/ravdess")
+        out.append((name, Path(root)))
+    return out
+
+
+def labelled(items: list[Item], labels: tuple[str, ...]) -> tuple[list[Item], np.ndarray, Counter]:
+    """Items whose label maps onto `labels`, with the mapped indices and the count dropped by mapping."""
+    kept, ys, dropped = [], [], Counter()
+    for item in items:
+        y = map_label(item.label, labels)
+        if y is None:
+            dropped[f"label {item.label!r} not in the model's label set"] += 1
+        else:
+            kept.append(item)
+            ys.append(y)
+    return kept, np.asarray(ys, np.int64), dropped
+
+
+def report_skips(what: str, *counters: Counter) -> dict:
+    total = sum(counters, Counter())
+    if total:
+        log(f"{what}: skipped {sum(total.values())} ({', '.join(f'{n} {r}' for r, n in total.most_common())})")
+    return dict(total)
+
+
+def split_items(items: list[Item], args) -> dict[str, list[Item]]:
+    if args.random_split:
+        return random_split(items, args.seed)
+    if args.fold:
+        k, _, n = args.fold.partition("/")
+        return kfold_by_actor(items, int(n), int(k))
+    if args.val_actors or args.test_actors:
+        return by_actors(items, parse_actors(args.test_actors or ""), parse_actors(args.val_actors or ""))
+    return named_split(items, args.split)
+
+
+def limit(items: list[Item], n: int | None, seed: int) -> list[Item]:
+    """At most n items, a seeded sample that keeps the order (for quick runs and tests)."""
+    if not n or len(items) <= n:
+        return items
+    idx = np.sort(np.random.default_rng(seed).choice(len(items), n, replace=False))
+    return [items[i] for i in idx]
+
+
+# ---- data per stage --------------------------------------------------------------------------------------
+
+def face_data(args, cfg) -> tuple[FaceData, dict]:
+    sources = parse_sources(args.faces, "--faces")
+    if not sources:
+        raise SystemExit("avtca-train: this stage needs --faces fer2013=PATH")
+    items = [it for name, root in sources for it in read_dataset(name, root).items]
+    items, ys, dropped = labelled(items, cfg.labels)
+    train = [i for i, it in enumerate(items) if it.split == "train"]
+    val = [i for i, it in enumerate(items) if it.split == "test"]
+    train, val = limit_idx(train, args.max_items, args.seed), limit_idx(val, args.max_items, args.seed)
+    tr, tr_kept, tr_skip = load_face_images([items[i] for i in train], cfg.face_size, cfg.face_channels)
+    va, va_kept, va_skip = load_face_images([items[i] for i in val], cfg.face_size, cfg.face_channels)
+    tr_y, va_y = ys[np.asarray(train)[tr_kept]], ys[np.asarray(val)[va_kept]]
+    seen = set(pixel_hashes(tr))
+    unique = np.asarray([h not in seen for h in pixel_hashes(va)], bool)
+    log(f"faces: {len(tr)} training, {len(va)} validation images; {int((~unique).sum())} validation images are exact "
+        f"pixel duplicates of training images and are removed")
+    info = {"faces": [f"{n}={r}" for n, r in sources], "face_train": len(tr), "face_val": int(unique.sum()),
+            "face_val_duplicates_removed": int((~unique).sum()),
+            "face_skipped": report_skips("faces", dropped, tr_skip, va_skip),
+            "face_label_mapping": mapping_table([it.label for it in items], cfg.labels)}
+    return FaceData(tr, tr_y, va[unique], va_y[unique]), info
+
+
+def limit_idx(idx: list[int], n: int | None, seed: int) -> list[int]:
+    if not n or len(idx) <= n:
+        return idx
+    return sorted(np.random.default_rng(seed).choice(idx, n, replace=False).tolist())
+
+
+def voice_data(args, cfg) -> tuple[VoiceData, dict]:
+    sources = parse_sources(args.voice, "--voice")
+    if not sources:
+        raise SystemExit("avtca-train: this stage needs --voice DATASET=PATH (ravdess, crema-d, emodb, tess, manifest)")
+    items, read_skips = [], Counter()
+    for name, root in sources:
+        kwargs = {"modalities": ("audio",)} if name in ("ravdess", "crema-d") else {}
+        report = read_dataset(name, root, **kwargs)
+        items += report.items
+        read_skips += report.skipped
+    items, _, dropped = labelled(items, cfg.labels)
+    parts = split_items(items, args)
+    train, val = limit(parts["train"], args.max_items, args.seed), limit(parts["val"], args.max_items, args.seed)
+    tr, tr_kept, tr_skip = load_audio_clips(train, cfg.sample_rate_hz)
+    va, va_kept, va_skip = load_audio_clips(val, cfg.sample_rate_hz)
+    tr_y = np.asarray([map_label(train[i].label, cfg.labels) for i in tr_kept], np.int64)
+    va_y = np.asarray([map_label(val[i].label, cfg.labels) for i in va_kept], np.int64)
+    speakers = lambda part: sorted({it.speaker for it in part})  # noqa: E731
+    log(f"voices: {len(tr)} training clips (speakers {','.join(speakers(train))}), {len(va)} validation clips "
+        f"(speakers {','.join(speakers(val))})")
+    info = {"voice": [f"{n}={r}" for n, r in sources], "voice_train": len(tr), "voice_val": len(va),
+            "voice_train_speakers": speakers(train), "voice_val_speakers": speakers(val),
+            "voice_test_speakers": speakers(parts["test"]),
+            "voice_skipped": report_skips("voices", dropped, tr_skip, va_skip),
+            "voice_label_mapping": mapping_table([it.label for it in items], cfg.labels)}
+    return VoiceData(tr, tr_y, va, va_y), info
+
+
+def clip_data(args, cfg) -> tuple[ClipData, dict]:
+    from .clips import load_av_clips
+
+    sources = parse_sources(args.av, "--av")
+    if not sources:
+        raise SystemExit("avtca-train: the av stage needs --av DATASET=PATH (ravdess, crema-d, manifest)")
+    items = []
+    for name, root in sources:
+        kwargs = {"modalities": ("av",)} if name in ("ravdess", "crema-d") else {}
+        items += read_dataset(name, root, **kwargs).items
+    items, _, dropped = labelled(items, cfg.labels)
+    parts = split_items(items, args)
+    loaded = {}
+    for part in ("train", "val"):
+        chosen = limit(parts[part], args.max_items, args.seed)
+        audio, faces, kept, skipped = load_av_clips(chosen, cfg)
+        ys = np.asarray([map_label(chosen[i].label, cfg.labels) for i in kept], np.int64)
+        loaded[part] = (audio, faces, ys, skipped)
+    log(f"audio-video clips: {len(loaded['train'][2])} training, {len(loaded['val'][2])} validation")
+    info = {"av": [f"{n}={r}" for n, r in sources], "av_train": len(loaded["train"][2]),
+            "av_val": len(loaded["val"][2]),
+            "av_skipped": report_skips("clips", dropped, loaded["train"][3], loaded["val"][3]),
+            "av_label_mapping": mapping_table([it.label for it in items], cfg.labels)}
+    (ta, tf, ty, _), (va, vf, vy, _) = loaded["train"], loaded["val"]
+    return ClipData(ta, tf, ty, va, vf, vy), info
+
+
+# ---- the stages -------------------------------------------------------------------------------------------
+
+def build_model(args) -> tuple[AVTCA, dict]:
+    if args.init:
+        model, state = load_checkpoint(args.init)
+        log(f"starting from {args.init} (preset {model.cfg.preset})")
+        return model.train(), (state.get("training") or {})
+    overrides = {}
+    if args.it_heads:
+        overrides["it_heads"] = args.it_heads
+    if args.ct_heads:
+        overrides["ct_heads"] = args.ct_heads
+    torch.manual_seed(args.seed)
+    return AVTCA(preset(args.preset, **overrides)), {}
+
+
+def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
+    cfg = model.cfg
+    seed = args.seed
+    if args.stage == "face":
+        data, info = face_data(args, cfg)
+        module = FrameClassifier(model).to(memory_format=torch.channels_last)
+        validate = lambda: summarise(data.val_y, face_predict(module, data.val), cfg.labels)  # noqa: E731
+        return Stage("face", module, lambda e: face_batches(data, e, seed), face_loss, validate, None, cfg.labels,
+                     max(len(data.train) // FACE_BATCH, 1)), info
+    if args.stage == "voice":
+        data, info = voice_data(args, cfg)
+        module = VoiceHead(model)
+        audio = eval_windows(data.val, cfg.window_samples)
+
+        def validate() -> dict:
+            with torch.no_grad():
+                pred = torch.cat([module(audio[i:i + 256]).argmax(1) for i in range(0, len(audio), 256)]).numpy()
+            return summarise(data.val_y, pred, cfg.labels)
+
+        loss = lambda m, b: face_loss(m, b)  # noqa: E731  (same cross-entropy on (input, target) batches)
+        return Stage("voice", module, lambda e: voice_batches(data, cfg.window_samples, e, seed), loss, validate, None,
+                     cfg.labels, max(len(data.train) // CLIP_BATCH, 1)), info
+    if args.stage == "fusion":
+        faces, face_info = face_data(args, cfg)
+        voices, voice_info = voice_data(args, cfg)
+        log(f"caching {FACE_VIEWS} views of per-frame embeddings for {len(faces.train)} training faces ...")
+        emb = frame_embeddings(model, faces.train, FACE_VIEWS, seed)
+        val_emb = frame_embeddings(model, faces.val, 1, seed)[:, 0]
+        data = PairData(voices, emb, faces.train_y, val_emb, faces.val_y)
+        module = FusionHead(model)
+        return Stage("fusion", module, lambda e: pair_batches(data, model, args.pairs_per_voice, e, seed), fusion_loss,
+                     lambda: fusion_validate(module, data, seed), None, cfg.labels,
+                     max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)), {**face_info, **voice_info}
+    if args.stage == "av":
+        data, info = clip_data(args, cfg)
+        module = FullModel(model)
+        return Stage("av", module, lambda e: clip_batches(data, model, e, seed), fusion_loss,
+                     lambda: clip_validate(model, data), None, cfg.labels, max(len(data.train_y) // CLIP_BATCH, 1)), info
+    raise SystemExit(f"avtca-train: unknown stage {args.stage!r}")
+
+
+def train(args, argv: list[str]) -> dict:
+    """Run one stage; writes best.pt, last.pt, history.json, curves.png and confusion.png into args.out."""
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, earlier = build_model(args)
+    stage, data_info = make_stage(args, model)
+    datasets = sorted(set(earlier.get("datasets", [])) | set(data_info.get("faces", []) + data_info.get("voice", [])
+                                                                 + data_info.get("av", [])))
+    label_mapping = {**earlier.get("label_mapping", {}),
+                     **{k: v for k, v in data_info.items() if k.endswith("label_mapping")}}
+    record = provenance(datasets, label_mapping, ["avtca-train", *argv])
+    record["stages"] = [*earlier.get("stages", []), {"stage": args.stage, "command": record["command"],
+                                                      "data": data_info, "epochs": args.epochs,
+                                                      "optimizer": vars(optim_config(args))}]
+
+    def save(path: Path, optimizer, extra: dict) -> None:
+        stage_record = dict(record)
+        stage_record["stages"][-1]["best_epoch"] = extra["best"].get("epoch")
+        stage_record["stages"][-1]["validation"] = {k: v for k, v in extra["val"].items() if k != "confusion_matrix"}
+        save_checkpoint(path, model, training=stage_record, optimizer=optimizer, extra=extra)
+
+    stage.save = save
+    log(f"[{stage.name}] preset {model.cfg.preset}, {count_parameters(model) / 1e6:.2f} M parameters, "
+        f"{sum(p.numel() for p in stage.module.parameters() if p.requires_grad) / 1e6:.2f} M trained here")
+    result = fit(stage, epochs=args.epochs, optim=optim_config(args), out_dir=args.out, device=args.device,
+                 autocast_bf16=args.bf16, resume=not args.no_resume, log=log, progress=not args.no_progress)
+    if result["rank"] == 0 and "metrics" in result["best"]:
+        best = result["best"]
+        (Path(args.out) / "summary.json").write_text(json.dumps(
+            {"stage": args.stage, "best_epoch": best["epoch"], "validation": best["metrics"],
+             "history": result["history"]}, indent=1))
+        log(f"[{stage.name}] best validation epoch {best['epoch']}: {best['metrics']['accuracy']:.1%} accuracy; "
+            f"checkpoint {Path(args.out) / 'best.pt'}")
+    return result
+
+
+def optim_config(args) -> OptimConfig:
+    milestones = tuple(int(m) for m in args.milestones.split(",")) if args.milestones else ()
+    return OptimConfig(name=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                       dampening=args.dampening, milestones=milestones, warmup_epochs=args.warmup_epochs)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avtca-train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--stage", choices=["face", "voice", "fusion", "av"], required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="live")
+    p.add_argument("--init", type=Path, help="start from this checkpoint (its config wins over --preset)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves, confusion matrix")
+    p.add_argument("--faces", action="append", metavar="DATASET=PATH", help="face images, e.g. fer2013=PATH")
+    p.add_argument("--voice", action="append", metavar="DATASET=PATH", help="voice clips (repeatable)")
+    p.add_argument("--av", action="append", metavar="DATASET=PATH", help="audio-video clips (repeatable)")
+    p.add_argument("--split", default="live", help="named actor split: live, ravdess-reference")
+    p.add_argument("--val-actors", help="validation actors, e.g. 17-20 (instead of --split)")
+    p.add_argument("--test-actors", help="test actors held out of training, e.g. 1-4")
+    p.add_argument("--fold", help="k-fold by actor: K/N, e.g. 0/5")
+    p.add_argument("--random-split", action="store_true", help="the paper's 80/20 split; LEAKS actors, warns")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--dampening", type=float, default=0.0)
+    p.add_argument("--milestones", help="step decay x0.1 at these epochs, e.g. 40,55,65,70 (default cosine)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--pairs-per-voice", type=int, default=4, help="fusion: face pairings per voice clip per epoch")
+    p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
+    p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--max-items", type=int, help="use at most this many items per split (quick runs, tests)")
+    p.add_argument("--no-resume", action="store_true", help="ignore last.pt in --out")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("avtca-train: --device cuda asked for, but this torch sees no CUDA device; use --device cpu",
+              file=sys.stderr)
+        return 2
+    try:
+        train(args, argv)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"avtca-train: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

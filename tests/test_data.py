@@ -1,0 +1,147 @@
+"""Dataset readers, label mapping, speaker-independent splits, and bad files skipped and counted."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avtca.app.media import load_audio
+from avtca.model.cache import load_audio_clips, load_face_images
+from avtca.model.config import LIVE_LABELS, RAVDESS_LABELS
+from avtca.model.datasets import Item, read_dataset
+from avtca.model.labels import map_label, mapping_table
+from avtca.model.splits import kfold_by_actor, named_split, parse_actors, random_split
+
+from conftest import shared
+
+RAVDESS_SPEECH = ("ravdess", "Audio_Speech_16k_Actors_01-20")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVTCA_CACHE", str(tmp_path / "cache"))
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """Two seconds of real speech (RAVDESS actor 01) to fill the files the tests make."""
+    path = shared(*RAVDESS_SPEECH, "Actor_01", "03-01-05-01-01-01-01.flac")
+    return load_audio(path, 16000)[8000:40000]
+
+
+def test_ravdess_names_actors_and_modalities():
+    report = read_dataset("ravdess", shared(*RAVDESS_SPEECH))
+    assert len(report.items) == 1200
+    assert sorted({it.speaker for it in report.items}) == [f"{a:02d}" for a in range(1, 21)]
+    item = next(it for it in report.items if it.path.name == "03-01-06-02-01-02-17.flac")
+    assert (item.label, item.speaker, item.kind) == ("fearful", "17", "audio")
+    per_actor = [it for it in report.items if it.speaker == "05"]
+    counts = {label: sum(it.label == label for it in per_actor) for label in RAVDESS_LABELS}
+    assert counts["neutral"] == 4 and all(counts[k] == 8 for k in RAVDESS_LABELS if k != "neutral")
+    av = read_dataset("ravdess", shared("ravdess", "Actor_01_av"), modalities=("av",))
+    assert [(it.kind, it.label, it.speaker) for it in av.items] == [("av", "neutral", "01")]
+
+
+def test_cremad_names():
+    report = read_dataset("crema-d", shared("crema-d"))
+    kinds = {(it.kind, it.speaker) for it in report.items}
+    assert kinds == {("av", "1001"), ("audio", "1001"), ("audio", "1002")}
+    labels = sorted({it.label for it in report.items})
+    assert labels == ["angry", "disgust", "fear", "happy", "neutral", "sad"]
+
+
+def test_fer2013_splits_and_counts():
+    report = read_dataset("fer2013", shared("fer2013"))
+    train = [it for it in report.items if it.split == "train"]
+    test = [it for it in report.items if it.split == "test"]
+    assert (len(train), len(test)) == (28709, 3589)
+    assert sum(it.label == "disgust" for it in train) == 436
+
+
+def test_emodb_tess_and_manifest_made_here(tmp_path: Path, speech: np.ndarray):
+    write_wav(tmp_path / "emodb" / "wav" / "03a01Fa.wav", speech)
+    write_wav(tmp_path / "emodb" / "wav" / "11b02Lb.wav", speech)
+    write_wav(tmp_path / "emodb" / "wav" / "readme.wav", speech)
+    emodb = read_dataset("emodb", tmp_path / "emodb")
+    assert [(it.label, it.speaker) for it in emodb.items] == [("happiness", "03"), ("boredom", "11")]
+    assert sum(emodb.skipped.values()) == 1
+    assert map_label("boredom", LIVE_LABELS) is None  # dropped, and the mapping says so
+    assert mapping_table(["happiness", "boredom"], LIVE_LABELS) == {"boredom": None, "happiness": "happy"}
+
+    write_wav(tmp_path / "tess" / "OAF_angry" / "OAF_back_angry.wav", speech)
+    write_wav(tmp_path / "tess" / "YAF_pleasant_surprised" / "YAF_bite_ps.wav", speech)
+    tess = read_dataset("tess", tmp_path / "tess")
+    assert sorted((it.label, it.speaker) for it in tess.items) == [("angry", "OAF"), ("ps", "YAF")]
+    assert LIVE_LABELS[map_label("ps", LIVE_LABELS)] == "surprised"
+
+    clip = write_wav(tmp_path / "mosei" / "seg.wav", speech)
+    manifest = tmp_path / "mosei" / "manifest.csv"
+    manifest.write_text("path,label,speaker,start,end\nseg.wav,happy,spk7,0.5,1.5\n")
+    items = read_dataset("manifest", manifest).items
+    assert items == [Item(clip, "happy", "spk7", "manifest", "audio", start=0.5, end=1.5)]
+    clips, kept, _ = load_audio_clips(items, 16000)
+    assert list(kept) == [0] and len(clips[0]) == 16000  # the segment, resampled and cut
+
+
+def test_label_mapping_calm_to_neutral_only_where_needed():
+    assert LIVE_LABELS[map_label("calm", LIVE_LABELS)] == "neutral"
+    assert RAVDESS_LABELS[map_label("calm", RAVDESS_LABELS)] == "calm"
+    assert LIVE_LABELS[map_label("surprise", LIVE_LABELS)] == "surprised"
+    with pytest.raises(ValueError, match="unknown emotion label"):
+        map_label("bemused", LIVE_LABELS)
+
+
+def test_actor_splits_never_overlap():
+    items = read_dataset("ravdess", shared(*RAVDESS_SPEECH)).items
+    parts = named_split(items, "live")
+    speakers = {k: {it.speaker for it in v} for k, v in parts.items()}
+    assert speakers["val"] == {"17", "18", "19", "20"} and speakers["test"] == set()
+    assert speakers["train"] == {f"{a:02d}" for a in range(1, 17)}
+    ref = {k: {int(it.speaker) for it in v} for k, v in named_split(items, "ravdess-reference").items()}
+    assert ref["test"] == {1, 2, 3, 4} and ref["val"] == {5, 6, 7, 8} and min(ref["train"]) == 9
+    for fold in range(5):
+        folds = {k: {it.speaker for it in v} for k, v in kfold_by_actor(items, 5, fold).items()}
+        assert not (folds["train"] & folds["val"]) and not (folds["train"] & folds["test"])
+        assert not (folds["val"] & folds["test"]) and len(folds["test"]) == 4
+    assert parse_actors("1-4,7") == {1, 2, 3, 4, 7}
+    with pytest.warns(UserWarning, match="same actors"):
+        random_split(items, seed=0)
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path: Path, speech: np.ndarray):
+    root = tmp_path / "Actor_21"
+    good = write_wav(root / "03-01-03-01-01-01-21.wav", speech)
+    corrupt = root / "03-01-04-01-01-01-21.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    empty = root / "03-01-05-01-01-01-21.wav"
+    empty.write_bytes(b"")
+    silent = write_wav(root / "03-01-06-01-01-01-21.wav", np.zeros(16000))
+    items = read_dataset("ravdess", tmp_path).items
+    assert len(items) == 4
+    clips, kept, skipped = load_audio_clips(items, 16000)
+    assert [items[i].path for i in kept] == [good]
+    assert skipped == {"unreadable media": 1, "empty file": 1, "silent audio": 1}
+    assert silent.exists()
+
+    faces_dir = tmp_path / "fer" / "train" / "happy"
+    faces_dir.mkdir(parents=True)
+    (faces_dir / "Training_1.jpg").write_bytes(b"not a jpeg")
+    real = shared("fer2013", "train", "happy")
+    first = sorted(real.iterdir())[0]
+    (faces_dir / "Training_2.jpg").write_bytes(first.read_bytes())
+    fer = read_dataset("fer2013", tmp_path / "fer").items
+    crops, kept, skipped = load_face_images(fer, 48, 1)
+    assert crops.shape == (1, 48, 48, 1) and skipped == {"unreadable image": 1}

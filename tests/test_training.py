@@ -1,0 +1,122 @@
+"""A short real training run: it checkpoints, resumes, exports and evaluates; DDP keeps ranks in lockstep."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avtca.app.modelfile import read_model_info
+from avtca.model import evaluate, train
+from avtca.model.checkpoint import load_checkpoint
+from avtca.model.export import main as export_main
+
+from conftest import shared
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("AVTCA_CACHE")
+    os.environ["AVTCA_CACHE"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["AVTCA_CACHE"]
+    else:
+        os.environ["AVTCA_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, cache) -> dict[str, Path]:
+    """The live recipe's three stages, each for one epoch on a slice of the real data."""
+    fer = shared("fer2013")
+    voices = shared("ravdess", "Audio_Speech_16k_Actors_01-20")
+    out = tmp_path_factory.mktemp("runs")
+    common = ["--epochs", "1", "--max-items", "96", "--no-progress", "--threads", "2"]
+    assert train.main(["--stage", "face", "--faces", f"fer2013={fer}", "--out", str(out / "face"), *common]) == 0
+    assert train.main(["--stage", "voice", "--init", str(out / "face" / "best.pt"), "--voice", f"ravdess={voices}",
+                       "--out", str(out / "voice"), *common]) == 0
+    assert train.main(["--stage", "fusion", "--init", str(out / "voice" / "best.pt"), "--faces", f"fer2013={fer}",
+                       "--voice", f"ravdess={voices}", "--pairs-per-voice", "1", "--out", str(out / "fusion"),
+                       *common]) == 0
+    return {"face": out / "face", "voice": out / "voice", "fusion": out / "fusion", "fer": fer, "voices": voices}
+
+
+def test_stages_write_checkpoints_curves_and_records(recipe):
+    for stage in ("face", "voice", "fusion"):
+        run = recipe[stage]
+        for name in ("best.pt", "last.pt", "history.json", "curves.png", "confusion.png", "summary.json"):
+            assert (run / name).is_file(), run / name
+        assert len(json.loads((run / "history.json").read_text())) == 1
+    model, state = load_checkpoint(recipe["fusion"] / "best.pt")
+    stages = [s["stage"] for s in state["training"]["stages"]]
+    assert stages == ["face", "voice", "fusion"]
+    assert state["training"]["label_mapping"]["voice_label_mapping"]["calm"] == "neutral"
+    assert state["optimizer"] is not None and state["config"]["preset"] == "live"
+    fusion_val = json.loads((recipe["fusion"] / "summary.json").read_text())["validation"]
+    assert set(fusion_val["modes"]) == {"fused", "face_only", "voice_only"}
+    # The face CNN is frozen in the fusion stage: its weights are the face stage's.
+    face_model, _ = load_checkpoint(recipe["face"] / "best.pt")
+    for (k, a), b in zip(face_model.face_encoder.state_dict().items(), model.face_encoder.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_resume_continues_from_last_epoch(recipe, capsys):
+    args = ["--stage", "voice", "--init", str(recipe["face"] / "best.pt"), "--voice", f"ravdess={recipe['voices']}",
+            "--out", str(recipe["voice"]), "--epochs", "2", "--max-items", "96", "--no-progress"]
+    assert train.main(args) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [h["epoch"] for h in json.loads((recipe["voice"] / "history.json").read_text())] == [1, 2]
+
+
+def test_trained_checkpoint_exports_and_evaluates_alike(recipe, tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    assert export_main([str(recipe["fusion"] / "best.pt"), "-o", str(onnx_path)]) == 0
+    info = read_model_info(onnx_path)
+    assert info.trained and [s["stage"] for s in info.metadata["training"]["stages"]] == ["face", "voice", "fusion"]
+    results = {}
+    for flag, path in (("--model", onnx_path), ("--checkpoint", recipe["fusion"] / "best.pt")):
+        out = tmp_path / f"{flag[2:]}.json"
+        assert evaluate.main([flag, str(path), "--dataset", "ravdess", "--root", str(recipe["voices"]),
+                              "--actors", "20", "--json", str(out), "--plots", str(tmp_path / "plots")]) == 0
+        results[flag] = json.loads(out.read_text())
+    onnx_r, torch_r = results["--model"], results["--checkpoint"]
+    assert onnx_r["n"] == torch_r["n"] == 60
+    assert abs(onnx_r["accuracy"] - torch_r["accuracy"]) <= 1 / 60  # at most one borderline clip may flip
+    for key in ("accuracy", "macro_f1", "uar", "n", "per_class_recall", "confusion_matrix", "label_mapping"):
+        assert key in onnx_r
+    assert np.asarray(onnx_r["confusion_matrix"]).sum() == 60
+    assert (tmp_path / "plots" / "confusion_ravdess.png").is_file()
+
+
+def test_paired_evaluation_reports_three_modes(recipe, tmp_path):
+    out = tmp_path / "paired.json"
+    assert evaluate.main(["--checkpoint", str(recipe["fusion"] / "best.pt"), "--dataset", "paired",
+                          "--face-root", str(recipe["fer"]), "--voice-root", str(recipe["voices"]),
+                          "--actors", "19-20", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert {"fused", "face_only", "voice_only"} <= set(r)
+    assert r["fused"]["n"] == r["face_only"]["n"] == r["voice_only"]["n"] == 120
+    assert r["notes"]["face_duplicates_of_training_removed"] > 0
+
+
+def test_ddp_two_gloo_processes_stay_in_lockstep(recipe, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "avtca.model.train", "--stage", "voice", "--init", str(recipe["face"] / "best.pt"), "--voice",
+           f"ravdess={recipe['voices']}", "--max-items", "64", "--epochs", "1", "--out", str(tmp_path / "ddp"),
+           "--no-progress", "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    digests = re.findall(r"rank (\d)/2 weights sha256 ([0-9a-f]{64})", result.stdout)
+    assert sorted(r for r, _ in digests) == ["0", "1"]
+    assert digests[0][1] == digests[1][1]
+    assert (tmp_path / "ddp" / "best.pt").is_file()
