@@ -1,0 +1,109 @@
+"""The live pipeline, headless, on real clips: tick counts, timestamps, faces found and lost, faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avtca.app import live
+from avtca.app.audio import AudioRing, frame_times, window_ending_at
+from avtca.app.media import video_info
+from avtca.app.paths import DEMO_CLIP
+
+from conftest import shared
+
+
+def run_headless(tmp_path: Path, source: Path, *extra: str) -> tuple[int, list[dict]]:
+    out = tmp_path / (source.stem + ".jsonl")
+    code = live.main(["--headless", "--fast", "--source", str(source), "--out", str(out), *extra])
+    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return code, lines
+
+
+def check_well_formed(lines: list[dict], duration: float, labels_count: int = 7) -> None:
+    assert len(lines) == int(duration * 10 + 1e-6)  # one tick every 0.1 s of media time
+    ts = [r["t"] for r in lines]
+    assert ts == pytest.approx([0.1 * (i + 1) for i in range(len(lines))], abs=1e-3)
+    for r in lines:
+        assert set(r) >= {"t", "face_present", "voice_active", "fused", "voice", "face", "top", "latency_ms"}
+        assert isinstance(r["face_present"], bool) and isinstance(r["voice_active"], bool)
+        for key, present in (("face", r["face_present"]), ("voice", r["voice_active"])):
+            assert (r[key] is not None) == present
+            if present:
+                assert len(r[key]) == labels_count and sum(r[key].values()) == pytest.approx(1, abs=1e-3)
+        if r["fused"] is not None:
+            assert r["top"] == max(r["fused"], key=r["fused"].get)
+        assert {"detect", "inference"} <= set(r["latency_ms"])
+
+
+def test_cremad_clip_has_face_and_voice(tmp_path):
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
+    code, lines = run_headless(tmp_path, clip)
+    assert code == 0
+    _, duration, _, _ = video_info(clip)
+    check_well_formed(lines, duration)
+    assert all(r["face_present"] for r in lines)
+    assert any(r["voice_active"] for r in lines) and lines[-1]["faces"]
+
+
+def test_ravdess_av_clip(tmp_path):
+    clip = shared("ravdess", "Actor_01_av", "01-01-01-01-01-01-01.mp4")
+    code, lines = run_headless(tmp_path, clip)
+    assert code == 0
+    check_well_formed(lines, video_info(clip)[1])
+    assert sum(r["face_present"] for r in lines) >= 0.9 * len(lines)
+
+
+def test_no_face_clip_has_no_face(tmp_path):
+    code, lines = run_headless(tmp_path, shared("unlabelled_video", "no_face.mp4"))
+    assert code == 0 and lines
+    assert not any(r["face_present"] for r in lines)
+    assert all(r["face"] is None for r in lines)
+
+
+def test_face_appears_and_disappears_on_time(tmp_path):
+    """noface_face.mov: no face, then a face; face_noface.mov the reverse. The flag follows the video."""
+    for name, first, last in (("noface_face.mov", False, True), ("face_noface.mov", True, False)):
+        code, lines = run_headless(tmp_path, shared("unlabelled_video", name))
+        assert code == 0
+        flags = [r["face_present"] for r in lines]
+        assert flags[0] is first and flags[-1] is last, name
+        changes = [i for i in range(1, len(flags)) if flags[i] != flags[i - 1]]
+        assert 1 <= len(changes) <= 3, (name, changes)  # one switch, perhaps a flicker at the edge
+
+
+def test_long_face_video_and_demo_clip(tmp_path):
+    for clip in (shared("unlabelled_video", "WolfgangLanger_Pexels.mp4"), DEMO_CLIP):
+        code, lines = run_headless(tmp_path, clip)
+        assert code == 0
+        check_well_formed(lines, max(video_info(clip)[1], 0))
+        assert sum(r["face_present"] for r in lines) > 0.8 * len(lines)
+
+
+def test_audio_ring_windows_are_aligned_by_time():
+    ring = AudioRing(1000, 2.0)
+    signal = np.arange(3000, dtype=np.float32)
+    for i in range(0, 3000, 100):
+        ring.write(signal[i:i + 100], (i + 100) / 1000)
+    assert np.array_equal(ring.window(3.0, 500), signal[2500:3000])
+    assert np.array_equal(ring.window(2.5, 500), signal[2000:2500])  # ends at 2.5 s, not at the newest sample
+    old = ring.window(0.9, 500)  # older than the 2 s history: zeros where it does not reach
+    assert np.array_equal(old, np.zeros(500, np.float32))
+    assert np.array_equal(window_ending_at(signal, 100, 150)[:50], np.zeros(50))
+    assert frame_times(3.0, 3.0, 3) == pytest.approx([0.5, 1.5, 2.5])
+
+
+def test_import_live_without_display_runs_headless(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_SAD_XX.flv")
+    out = tmp_path / "x.jsonl"
+    result = subprocess.run([sys.executable, "-m", "avtca.app.live", "--fast", "--source", str(clip), "--out",
+                             str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "no display found" in result.stderr
+    assert len(out.read_text().splitlines()) > 10
