@@ -6,7 +6,12 @@ DEVICE ?= cpu            # cpu -> onnxruntime, cuda -> onnxruntime-gpu (never bo
 ORT_EXTRA := $(if $(filter cuda,$(strip $(DEVICE))),gpu,cpu)
 ARGS   ?=
 
-.PHONY: live test model export bench clean
+DATA   ?= ../shared/data
+RUNS   ?= runs/live
+VOICES := $(DATA)/ravdess/Audio_Speech_16k_Actors_01-20
+EVAL   := $(BIN)/avtca-eval --model exported/avtca.onnx
+
+.PHONY: live test model model-train model-export model-eval export bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,29 @@ live: $(VENV)/.live-$(ORT_EXTRA)
 
 test: $(VENV)/.dev-$(ORT_EXTRA)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The shipped live model: train (face -> voice -> fusion), export, evaluate, write the model card.
+model: model-train model-export model-eval
+
+model-train: $(VENV)/.dev-$(ORT_EXTRA)
+	$(BIN)/avtca-train --stage face --faces fer2013=$(DATA)/fer2013 --epochs 30 --threads 2 --out $(RUNS)/face
+	$(BIN)/avtca-train --stage voice --init $(RUNS)/face/best.pt --voice ravdess=$(VOICES) --split live \
+		--epochs 40 --lr 1e-3 --threads 2 --out $(RUNS)/voice
+	$(BIN)/avtca-train --stage fusion --init $(RUNS)/voice/best.pt --faces fer2013=$(DATA)/fer2013 \
+		--voice ravdess=$(VOICES) --split live --epochs 12 --lr 5e-4 --pairs-per-voice 2 --threads 2 \
+		--out $(RUNS)/fusion
+
+model-export: $(VENV)/.dev-$(ORT_EXTRA)
+	$(BIN)/avtca-export $(RUNS)/fusion/best.pt -o exported/avtca.onnx
+
+model-eval: $(VENV)/.dev-$(ORT_EXTRA)
+	$(EVAL) --dataset fer2013 --root $(DATA)/fer2013 --split test --json exported/eval/fer2013_publictest.json --plots exported/eval
+	$(EVAL) --dataset ravdess --root $(VOICES) --actors 17-20 --json exported/eval/ravdess_17-20.json --plots exported/eval
+	$(EVAL) --dataset paired --face-root $(DATA)/fer2013 --voice-root $(VOICES) --actors 17-20 --json exported/eval/paired.json --plots exported/eval
+	$(EVAL) --dataset crema-d --root $(DATA)/crema-d/AudioWAV_16k --json exported/eval/cremad_audio.json
+	$(EVAL) --dataset crema-d --av --root $(DATA)/crema-d/VideoFlash --per-item --json exported/eval/cremad_av.json
+	$(EVAL) --dataset ravdess --av --root $(DATA)/ravdess/Actor_01_av --per-item --json exported/eval/ravdess_av.json
+	$(BIN)/python -m avtca.model.card --model exported/avtca.onnx --eval-dir exported/eval --runs $(RUNS) -o exported/MODEL_CARD.md
 
 export: $(VENV)/.dev-$(ORT_EXTRA)
 	$(BIN)/avtca-export --init live -o exported/avtca.onnx

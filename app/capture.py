@@ -103,6 +103,10 @@ class Source:
         """Now, on this source's clock."""
         return time.monotonic()
 
+    def exhausted(self) -> bool:
+        """Nothing more will come: the source ended and its last frame was taken."""
+        return self.finished.is_set() and self.frames.peek() is None
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -126,10 +130,13 @@ def camera_names() -> dict[int, str]:
     return out
 
 
-def resolve_camera(spec: str | int) -> int:
-    """A camera index from an index or (part of) a listed name."""
+def resolve_camera(spec: str | int) -> int | str:
+    """A camera index from an index or (part of) a listed name; a device path (/dev/video2) or a stream URL
+    is passed through to OpenCV as it is."""
     if isinstance(spec, int) or str(spec).isdigit():
         return int(spec)
+    if str(spec).startswith(("/", "rtsp://", "http://", "https://")):
+        return str(spec)
     for index, name in camera_names().items():
         if str(spec).lower() in name.lower():
             return index
@@ -150,7 +157,7 @@ class CameraSource(Source):
         self._cap = cv2.VideoCapture(self.index)
         if not self._cap.isOpened():
             self._cap.release()
-            raise DeviceError(f"no camera could be opened at index {self.index}; connect one, pick another with "
+            raise DeviceError(f"no camera could be opened at {self.index}; connect one, pick another with "
                               f"--camera, or play a file with --source FILE")
 
     def run(self) -> None:
@@ -253,6 +260,10 @@ class DeviceSource(Source):
     def fault(self) -> str | None:
         return self.camera.fault() if self.camera is not None else None
 
+    def exhausted(self) -> bool:
+        camera_done = self.camera is None or self.camera.exhausted()
+        return camera_done and self.mic is None
+
     def stop(self) -> None:
         if self.camera is not None:
             self.camera.stop()
@@ -342,6 +353,8 @@ def open_source(source: str | None, camera: str | None, mic: str | None, sample_
     """The source the command line asks for, falling back to the demo clip where no camera exists."""
     if source:
         return FileSource(source, sample_rate_hz, fast)
+    if camera is not None and camera.lower() == "none":
+        return DeviceSource(None, mic)
     try:
         cam = CameraSource(camera if camera is not None else 0)
     except DeviceError as e:

@@ -11,12 +11,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .capture import DeviceError, camera_names, list_microphones, open_source
 from .faces import FaceDetector, FaceDetectorError
 from .media import MediaError
-from .modelfile import ModelFileError, open_model, providers_for
+from .modelfile import ModelFileError, open_model, open_split, providers_for
 from .paths import DEFAULT_MODEL, DEMO_CLIP
 from .pipeline import TICK_HZ, Engine
 from .runner import JsonlWriter, Runner
@@ -68,7 +69,10 @@ def build(args) -> tuple[Runner, object, object]:
     source = open_source(args.source, args.camera, args.mic, info.sample_rate_hz, args.fast, DEMO_CLIP, say)
     for note in getattr(source, "notes", []):
         say(note)
-    engine = Engine(session, info, detector, smooth_seconds=args.smooth)
+    split, why_not = (None, "--full-model") if args.full_model else open_split(args.model, info, providers, args.threads)
+    if split is None and not args.full_model:
+        say(f"running the full model every tick ({why_not})")
+    engine = Engine(session, info, detector, smooth_seconds=args.smooth, split=split)
     return Runner(source, engine, lambda r: None, tick_hz=args.tick_hz), info, provider
 
 
@@ -82,10 +86,17 @@ def run_headless(args) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: (interrupted.set(), runner.stop_event.set()))
     try:
         runner.start()
+        reported = None
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
         while not runner.done.wait(0.2):
-            if runner.source.fault():
-                say(runner.source.fault())
+            if deadline is not None and time.monotonic() >= deadline:
                 break
+            fault = runner.source.fault()
+            if fault and fault != reported:  # say it once; the pipeline goes on with what is left
+                say(fault)
+                reported = fault
+        if runner.source.fault() and runner.source.fault() != reported:
+            say(runner.source.fault())
         if runner.error:
             say(runner.error)
     finally:
@@ -102,7 +113,8 @@ def run_headless(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avtca-live", description=__doc__.splitlines()[0])
-    p.add_argument("--camera", help="camera index or (part of) its name (default 0)")
+    p.add_argument("--camera", help="camera index, (part of) its name, or a device path (default 0); 'none': "
+                                    "the microphone alone")
     p.add_argument("--mic", help="microphone index or (part of) its name (default: the system's)")
     p.add_argument("--source", help="play this video/audio file instead of the devices")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="exported .onnx (default: the shipped model)")
@@ -113,7 +125,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write one JSON line per tick here")
     p.add_argument("--smooth", type=float, default=0.5, help="smoothing time constant in seconds (0: off)")
     p.add_argument("--tick-hz", type=float, default=TICK_HZ, help="inference rate")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (headless)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1 keeps one core free)")
+    p.add_argument("--full-model", action="store_true",
+                   help="run the whole model every tick, not the per-frame encoder + head pair beside it")
     p.add_argument("--list-devices", action="store_true", help="list cameras and microphones, then exit")
     return p
 

@@ -110,3 +110,36 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
 def read_model_info(path: str | Path) -> ModelInfo:
     """The validated description of a model file, without keeping a session."""
     return open_model(path)[1]
+
+
+SPLIT_SUFFIXES = {"frames": ".frames.onnx", "head": ".head.onnx"}
+
+
+def open_split(path: str | Path, info: ModelInfo, providers: list[str] | None = None, threads: int = 0):
+    """(frame encoder session, head session) exported beside the full model at `path`, or (None, reason).
+
+    They are used only when both exist and carry the same weights as the full model.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    stem = path.name[:-len(".onnx")] if path.name.endswith(".onnx") else path.name
+    sessions = {}
+    for part, suffix in SPLIT_SUFFIXES.items():
+        part_path = path.with_name(stem + suffix)
+        if not part_path.is_file():
+            return None, f"no {part_path.name} beside the model"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(part_path), options, providers=providers or ["CPUExecutionProvider"])
+            meta = _parse_metadata(part_path, session.get_modelmeta().custom_metadata_map)
+        except ModelFileError as e:
+            return None, str(e)
+        except Exception as e:  # a damaged part file: the full model still works
+            return None, f"{part_path.name} is not readable ({type(e).__name__})"
+        if meta.get("part") != part or meta["weights_sha256"] != info.metadata["weights_sha256"]:
+            return None, f"{part_path.name} does not belong to {path.name} (different weights)"
+        sessions[part] = session
+    return (sessions["frames"], sessions["head"]), None

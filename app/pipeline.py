@@ -30,6 +30,7 @@ class SeenFrame:
     t: float
     faces: list[Face]
     crop: np.ndarray | None  # the largest face, cropped for the model
+    embedding: np.ndarray | None = None  # its per-frame CNN embedding, when the split model is in use
 
 
 @dataclass
@@ -92,17 +93,29 @@ def resample_linear(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 class Engine:
     """Turns frames and audio into results; owns the face detector and the ONNX Runtime session."""
 
-    def __init__(self, session, info: ModelInfo, detector: FaceDetector, smooth_seconds: float = 0.5):
+    def __init__(self, session, info: ModelInfo, detector: FaceDetector, smooth_seconds: float = 0.5,
+                 split: tuple | None = None):
         self.session, self.info, self.detector = session, info, detector
+        # With the split model, each crop is encoded once when it arrives; a tick runs only the head.
+        self.frames_session, self.head_session = split if split else (None, None)
         self.labels = info.labels
         self.history: deque[SeenFrame] = deque()
         self.history_seconds = info.window_seconds + 1.0
         self.smoothers = {k: Smoother(smooth_seconds) for k in ("fused", "voice", "face")}
-        self.stage_ms: dict[str, float] = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+        self.stage_ms = self._zero_stages()
         self.frames_processed = 0
         self._newest_capture_wall: float | None = None
         size, ch, t = info.face_size, info.face_channels, info.frames
         self._blank_faces = np.zeros((t, size, size, ch), np.uint8)
+        if self.frames_session is not None:
+            embed = self.frames_session.get_outputs()[0].shape[-1]
+            self._blank_faces = np.zeros((t, embed), np.float32)
+
+    def _zero_stages(self) -> dict[str, float]:
+        stages = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+        if self.frames_session is not None:
+            stages["encode"] = 0.0
+        return stages
 
     # -- per frame -------------------------------------------------------------------------------------
     def process_frame(self, frame: Frame) -> SeenFrame:
@@ -112,10 +125,14 @@ class Engine:
         t1 = time.perf_counter()
         crop = crop_face(frame.rgb, faces[0], self.info.face_size, self.info.face_channels) if faces else None
         t2 = time.perf_counter()
+        embedding = None
+        if crop is not None and self.frames_session is not None:
+            embedding = self.frames_session.run(None, {"crops": crop[None]})[0][0]
+            self.stage_ms["encode"] += (time.perf_counter() - t2) * 1000
         self.stage_ms["decode"] += frame.decode_ms
         self.stage_ms["detect"] += (t1 - t0) * 1000
         self.stage_ms["crop"] += (t2 - t1) * 1000
-        seen = SeenFrame(frame.t, faces, crop)
+        seen = SeenFrame(frame.t, faces, crop, embedding)
         self.history.append(seen)
         while self.history and self.history[0].t < frame.t - self.history_seconds:
             self.history.popleft()
@@ -124,7 +141,8 @@ class Engine:
         return seen
 
     def face_clip(self, t: float) -> tuple[np.ndarray, bool, list[Face]]:
-        """(T crops over the window ending at t, face present, boxes of the newest frame at or before t)."""
+        """(T crops (or their embeddings) over the window ending at t, face present, boxes of the newest frame
+        at or before t)."""
         frames = [f for f in self.history if f.t <= t + 1e-6]
         if not frames:
             return self._blank_faces, False, []
@@ -136,13 +154,13 @@ class Engine:
         clip = []
         for ft in frame_times(t, self.info.window_seconds, self.info.frames):
             nearest = min(with_face, key=lambda f: abs(f.t - ft))
-            clip.append(nearest.crop)
+            clip.append(nearest.crop if self.frames_session is None else nearest.embedding)
         return np.stack(clip), True, newest.faces
 
     # -- per tick --------------------------------------------------------------------------------------
     def tick(self, t: float, audio: AudioRing | None, capture_wall: float | None = None) -> Result:
         """Score the window ending at capture time t."""
-        stage_ms, self.stage_ms = self.stage_ms, {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+        stage_ms, self.stage_ms = self.stage_ms, self._zero_stages()
         faces, face_present, boxes = self.face_clip(t)
         pcm = np.zeros(self.info.window_samples, np.float32)
         if audio is not None and audio.t_end is not None:
@@ -157,8 +175,11 @@ class Engine:
         v, f = float(speaking), float(face_present)
         presence = np.array([[v, f], [v, 0.0], [0.0, f]], np.float32)
         t0 = time.perf_counter()
-        probs = self.session.run(None, {"audio": np.repeat(pcm[None], 3, 0),
-                                        "faces": np.repeat(faces[None], 3, 0), "presence": presence})[0]
+        audio3, faces3 = np.repeat(pcm[None], 3, 0), np.repeat(faces[None], 3, 0)
+        if self.head_session is not None:
+            probs = self.head_session.run(None, {"audio": audio3, "frame_embeddings": faces3, "presence": presence})[0]
+        else:
+            probs = self.session.run(None, {"audio": audio3, "faces": faces3, "presence": presence})[0]
         infer_ms = (time.perf_counter() - t0) * 1000
         fused = probs[0] if (speaking or face_present) else None
         voice = probs[1] if speaking else None

@@ -119,7 +119,7 @@ class Runner:
                 next_tick += self.dt
                 if now - next_tick > 1.0:  # fell far behind (machine suspended?): skip, do not queue
                     next_tick = now + self.dt
-            if self.source.finished.is_set() and self.source.frames.peek() is None:
+            if self.source.exhausted():
                 end = getattr(self.source, "duration", None)
                 while end is not None and next_tick <= end + 1e-9 and not self.stop_event.is_set():
                     self._emit(next_tick)

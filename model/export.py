@@ -35,8 +35,33 @@ MISSING_MODALITY = ("presence[:, 0] weights the voice and presence[:, 1] the fac
                     "modality is multiplied to exact zeros inside the network, whatever its input holds")
 
 
+SPLIT_SUFFIXES = {"frames": ".frames.onnx", "head": ".head.onnx"}
+
+
 class ExportCheckError(RuntimeError):
     """The exported file does not reproduce the PyTorch model."""
+
+
+class FrameEncoder(torch.nn.Module):
+    """The per-frame face CNN alone: (N, H, W, C) uint8 crops -> (N, embed) float32."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_frames(crops[:, None])[:, 0]
+
+
+class Head(torch.nn.Module):
+    """Everything after the per-frame CNN: (audio, frame embeddings (B, T, embed), presence) -> probabilities."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor, frame_emb: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model.logits_from_embeddings(audio, frame_emb, presence), dim=-1)
 
 
 def example_inputs(model: AVTCA, batch: int, seed: int = CHECK_SEED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,18 +105,18 @@ def build_metadata(model: AVTCA, training: dict | None, evaluation: dict | None,
     }
 
 
-def _torch_to_onnx(model: AVTCA, path: Path) -> None:
+def _torch_to_onnx(model: torch.nn.Module, path: Path, inputs: tuple[torch.Tensor, ...] | None = None,
+                   names: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME) -> None:
     batch = torch.export.Dim("batch", min=1, max=1024)
-    inputs = example_inputs(model, 2)
+    inputs = inputs if inputs is not None else example_inputs(model, 2)
     # The exporter narrates its optimisation passes on stdout/stderr; keep that for when it fails.
     chatter = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         torch.onnx.export(model, inputs, str(path), dynamo=True, external_data=False, opset_version=OPSET,
-                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          dynamic_shapes={"audio": {0: batch}, "faces": {0: batch}, "presence": {0: batch}},
-                          verbose=False)
+                          input_names=list(names), output_names=[output],
+                          dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
 
 
 def _write_metadata(path: Path, metadata: dict) -> None:
@@ -159,8 +184,47 @@ def verify(model: AVTCA, path: Path, int8: bool) -> dict:
             "max_abs_diff": diff, "tolerance": FP32_TOLERANCE}
 
 
+def split_paths(out: Path) -> dict[str, Path]:
+    """Where the per-frame encoder and the head of `out` are written: beside it."""
+    stem = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return {part: out.with_name(stem + suffix) for part, suffix in SPLIT_SUFFIXES.items()}
+
+
+def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
+    """The per-frame face encoder and the head as two more files, checked against the full model.
+
+    The app encodes each face crop once when it arrives and runs only the head per tick; exact, because the
+    face CNN sees each frame on its own.
+    """
+    import onnxruntime as ort
+
+    paths = split_paths(out)
+    cfg = model.cfg
+    audio, faces, presence = example_inputs(model, 3, CHECK_SEED + 3)
+    crops = faces.reshape(-1, cfg.face_size, cfg.face_size, cfg.face_channels)
+    _torch_to_onnx(FrameEncoder(model), paths["frames"], (crops[:4],), ("crops",), "embeddings")
+    with torch.no_grad():
+        emb = model.encode_frames(faces)
+    _torch_to_onnx(Head(model), paths["head"], (audio[:2], emb[:2], presence[:2]),
+                   ("audio", "frame_embeddings", "presence"), OUTPUT_NAME)
+    for part, path in paths.items():
+        _write_metadata(path, {**metadata, "part": part, "full_model": out.name})
+        onnx.checker.check_model(str(path), full_check=True)
+    frames = ort.InferenceSession(str(paths["frames"]), providers=["CPUExecutionProvider"])
+    head = ort.InferenceSession(str(paths["head"]), providers=["CPUExecutionProvider"])
+    got_emb = frames.run(None, {"crops": crops.numpy()})[0].reshape(emb.shape)
+    got = head.run(None, {"audio": audio.numpy(), "frame_embeddings": got_emb, "presence": presence.numpy()})[0]
+    with torch.no_grad():
+        expected = model(audio, faces, presence).numpy()
+    diff = float(np.abs(got - expected).max())
+    if not diff <= FP32_TOLERANCE:
+        raise ExportCheckError(f"{out}: the split encoder + head differ from the full model by {diff:.2e} "
+                               f"(tolerance {FP32_TOLERANCE:.0e})")
+    return {"files": [p.name for p in paths.values()], "max_abs_diff_vs_full": diff, "tolerance": FP32_TOLERANCE}
+
+
 def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict | None = None,
-           int8: bool = False) -> dict:
+           int8: bool = False, split: bool = False) -> dict:
     """Write `model` to one verified ONNX file at `out`; returns the metadata written into it."""
     model = model.eval()
     out = Path(out)
@@ -180,7 +244,9 @@ def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict |
             _write_metadata(staged, metadata)
         metadata["verification"] = verify(model, staged, int8)
         _write_metadata(staged, metadata)
-        staged.replace(out) if staged.parent == out.parent else out.write_bytes(staged.read_bytes())
+        out.write_bytes(staged.read_bytes())
+    if split:
+        metadata["split"] = export_split(model, out, metadata)
     return metadata
 
 
@@ -193,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of MatMul/Gemm weights")
     parser.add_argument("--eval-json", type=Path, help="avtca-eval JSON to record as the model's evaluation")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --init")
+    parser.add_argument("--no-split", action="store_true",
+                        help="skip the per-frame encoder and head files the app uses for cheap ticks")
     args = parser.parse_args(argv)
 
     evaluation = json.loads(args.eval_json.read_text()) if args.eval_json else None
@@ -204,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             model, state = load_checkpoint(args.checkpoint)
             training = state.get("training")
             evaluation = evaluation or state.get("evaluation")
-        meta = export(model, args.output, training=training, evaluation=evaluation, int8=args.int8)
+        meta = export(model, args.output, training=training, evaluation=evaluation, int8=args.int8,
+                      split=not (args.no_split or args.int8))
     except (FileNotFoundError, ValueError, ExportCheckError) as e:
         print(f"avtca-export: {e}", file=sys.stderr)
         return 1
@@ -212,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     figure = f"argmax agreement {v['agreement']:.1%}" if args.int8 else f"max |diff| {v['max_abs_diff']:.1e}"
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, preset {meta['preset']}, "
           f"{'trained' if meta['trained'] else 'UNTRAINED'}); ONNX Runtime vs PyTorch on {v['inputs']} inputs: {figure}")
+    if "split" in meta:
+        print(f"wrote {', '.join(meta['split']['files'])}: encoder + head vs full model, max |diff| "
+              f"{meta['split']['max_abs_diff_vs_full']:.1e}")
     return 0
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from avtca.model.config import AVTCAConfig, preset
-from avtca.model.frontend import num_audio_frames
+import torch.nn.functional as F
+
+from avtca.model.frontend import AudioFrontEnd, num_audio_frames
 from avtca.model.network import AVTCA
 
 
@@ -22,6 +24,21 @@ def audio_len_after(cfg: AVTCAConfig, n: int, blocks: int) -> int:
     for _ in range(blocks):
         n = (n - 2 - 2) // cfg.audio_pool_stride + 1  # valid k=3 conv, then max pool k=2
     return n
+
+
+@pytest.mark.parametrize("name", ["live", "paper"])
+def test_frontend_spectrum_is_torch_stft(name):
+    cfg = preset(name)
+    fe = AudioFrontEnd(cfg)
+    pcm = torch.randn(2, cfg.window_samples) * 0.1
+    spec = torch.stft(pcm, cfg.n_fft, cfg.hop_length, window=torch.hann_window(cfg.n_fft), center=False,
+                      return_complex=True).abs().pow(2)
+    power = F.conv1d(pcm[:, None], fe.dft, stride=cfg.hop_length)
+    power = power[:, :fe.n_bins].pow(2) + power[:, fe.n_bins:].pow(2)
+    torch.testing.assert_close(power, spec, rtol=1e-4, atol=1e-4 * float(spec.max()))
+    # log-mel of digital silence is finite and normalises to zeros
+    silent = fe(torch.zeros(1, cfg.window_samples))
+    assert torch.isfinite(silent).all()
 
 
 @pytest.mark.parametrize("name,batch", [("live", 2), ("paper", 1)])

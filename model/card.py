@@ -1,0 +1,142 @@
+"""Write exported/MODEL_CARD.md from the model's own metadata and the JSON files avtca-eval wrote.
+
+python -m avtca.model.card --model exported/avtca.onnx --eval-dir exported/eval --runs runs/live -o exported/MODEL_CARD.md
+Every figure in the card is read from those files; none is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..app.modelfile import read_model_info
+
+# (eval JSON file, what it measures, the avtca-eval command that wrote it; DATA is the data folder)
+EVALS = [
+    ("fer2013_publictest.json", "face only: FER2013 PublicTest, exact duplicates of training images removed",
+     "avtca-eval --dataset fer2013 --root DATA/fer2013 --split test"),
+    ("ravdess_17-20.json", "voice only: RAVDESS speech, actors 17-20 (unseen in training)",
+     "avtca-eval --dataset ravdess --root DATA/ravdess/Audio_Speech_16k_Actors_01-20 --actors 17-20"),
+    ("paired.json", "face + voice pairs: each RAVDESS 17-20 clip with a PublicTest face of its label (seed 2024)",
+     "avtca-eval --dataset paired --face-root DATA/fer2013 --voice-root DATA/ravdess/Audio_Speech_16k_Actors_01-20 "
+     "--actors 17-20"),
+    ("cremad_audio.json", "voice only: CREMA-D actors 1001-1002 (12 clips, another corpus)",
+     "avtca-eval --dataset crema-d --root DATA/crema-d/AudioWAV_16k"),
+    ("cremad_av.json", "genuine audio-video: CREMA-D actor 1001 (6 clips)",
+     "avtca-eval --dataset crema-d --av --root DATA/crema-d/VideoFlash --per-item"),
+    ("ravdess_av.json", "genuine audio-video: RAVDESS actor 01 (1 clip)",
+     "avtca-eval --dataset ravdess --av --root DATA/ravdess/Actor_01_av --per-item"),
+]
+
+
+def _row(name: str, r: dict) -> str:
+    return f"| {name} | {r['accuracy']:.1%} | {r['macro_f1']:.3f} | {r['uar']:.1%} | {r['n']} |"
+
+
+def evaluation_section(eval_dir: Path) -> tuple[str, dict]:
+    lines, found = [], {}
+    for file, what, command in EVALS:
+        path = eval_dir / file
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        found[file] = r
+        lines += [f"### {what}", "", f"`{command} --json {path.as_posix()}`", "",
+                  "| input | accuracy | macro-F1 | UAR | n |", "|---|---|---|---|---|"]
+        modes = [m for m in ("fused", "face_only", "voice_only") if m in r]
+        for m in modes or [None]:
+            lines.append(_row(m.replace("_", " ") if m else "as above", r[m] if m else r))
+        notes = r.get("notes", {})
+        removed = notes.get("duplicates_of_training_removed", notes.get("face_duplicates_of_training_removed"))
+        if removed:
+            lines.append(f"\n{removed} test images that are exact pixel copies of training images were removed.")
+        items = notes.get("items")
+        if items and len(items) <= 12:
+            lines += ["", "| file | label | fused | face only | voice only |", "|---|---|---|---|---|"]
+            for it in items:
+                lines.append(f"| {it['file']} | {it['label']} | {it['predicted']} ({it['confidence']:.2f}) | "
+                             f"{it.get('face_only_predicted', '-')} | {it.get('voice_only_predicted', '-')} |")
+        lines.append("")
+    return "\n".join(lines), found
+
+
+def training_section(meta: dict, runs: Path | None) -> str:
+    training = meta["training"]
+    lines = [f"- Exact commands, in order (`make model` runs them):"]
+    for stage in training.get("stages", []):
+        lines.append(f"  - `{stage['command']}`")
+    total = 0.0
+    if runs is not None:
+        for stage in training.get("stages", []):
+            history = runs / stage["stage"] / "history.json"
+            if history.is_file():
+                seconds = sum(h["seconds"] for h in json.loads(history.read_text()))
+                total += seconds
+                lines.append(f"- {stage['stage']} stage: {len(json.loads(history.read_text()))} epochs, "
+                             f"{seconds / 60:.1f} min of epoch time, best validation epoch {stage.get('best_epoch')}")
+    if total:
+        lines.append(f"- Training time on this machine (2-core AMD EPYC, CPU only, sum of epoch times, data "
+                     f"decoding not included): {total / 60:.0f} min")
+    lines.append(f"- git commit {training.get('git_commit')}, {training.get('date')}, torch {training.get('torch')}")
+    return "\n".join(lines)
+
+
+def render(model: Path, eval_dir: Path, runs: Path | None) -> str:
+    info = read_model_info(model)
+    meta = info.metadata
+    if not info.trained:
+        raise SystemExit(f"{model} is untrained; the card for an untrained model is written by hand")
+    mapping = meta["training"].get("label_mapping", {})
+    evaluation, _ = evaluation_section(eval_dir)
+    return f"""# avtca live model card
+
+`exported/avtca.onnx`: AVT-CA (Venkatraman et al.), `{info.preset}` preset, {len(info.labels)} classes
+({', '.join(info.labels)}); {info.frames} grayscale {info.face_size}x{info.face_size} face crops and
+{info.window_seconds:g} s of {info.sample_rate_hz} Hz mono audio per prediction. Weights SHA-256
+`{meta['weights_sha256']}`. `avtca.frames.onnx` and `avtca.head.onnx` beside it are the same weights split into a
+per-frame face encoder and the rest, for cheap live ticks.
+
+## Data and licences
+- Faces: FER2013 Training (28,709 48x48 grayscale images; research use only, no licence published by its
+  creators). Validation: FER2013 PublicTest with exact pixel duplicates of training images removed.
+- Voices: RAVDESS speech, audio only, actors 01-16 for training and 17-20 for validation (Livingstone & Russo
+  2018, CC BY-NC-SA 4.0: non-commercial).
+- Fusion: pairs of a face clip (T augmented views of one FER2013 image) and a RAVDESS voice clip with the same
+  label, with modality dropout (both, a soft mix, voice only, face only), so the model also works with one
+  modality missing.
+- Label mapping: {json.dumps(mapping)}
+
+## How it was trained
+{training_section(meta, runs)}
+
+## Evaluation (written by avtca-eval through ONNX Runtime; DATA = ../shared/data)
+RAVDESS actors 17-20 and FER2013 PublicTest chose the best epoch, so their figures are validation figures, not
+held-out test figures; the project's data owners hold back other actors and FER2013 PrivateTest for that.
+
+{evaluation}
+## Intended use and limitations
+- A demonstration of audio-visual emotion recognition on a laptop: acted emotions (RAVDESS, CREMA-D) and posed
+  or web-collected faces (FER2013). Expressions in everyday life are subtler and mixed; treat outputs as a
+  noisy signal, never as a judgement about a person.
+- The face and the voice were learned from different people: fusion learned that the two agree in label, not
+  how one person's face and voice co-vary in time.
+- English speech from 16 North American actors; other languages, accents and recording conditions are untested.
+- FER2013 and RAVDESS forbid commercial use: so does this model.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m avtca.model.card", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=Path("exported/avtca.onnx"))
+    p.add_argument("--eval-dir", type=Path, default=Path("exported/eval"))
+    p.add_argument("--runs", type=Path, help="the recipe's run folder, for training times")
+    p.add_argument("-o", "--output", type=Path, default=Path("exported/MODEL_CARD.md"))
+    args = p.parse_args(argv)
+    args.output.write_text(render(args.model, args.eval_dir, args.runs))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

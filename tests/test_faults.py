@@ -1,0 +1,192 @@
+"""Each expected fault gives one clear message, no traceback, and the app goes on wherever it can."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from avtca.app import live
+from avtca.app.capture import CameraSource, DeviceError, DeviceSource, FileSource, open_source
+from avtca.app.faces import FaceDetector
+from avtca.app.media import iter_video_frames, load_audio
+from avtca.app.modelfile import open_model
+from avtca.app.paths import DEFAULT_MODEL, DEMO_CLIP
+from avtca.app.pipeline import Engine
+
+from conftest import shared
+
+
+def run_live(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "avtca.app.live", "--headless", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr[-2000:]
+
+
+def write_video_only(src: Path, dst: Path, seconds: float = 2.0) -> Path:
+    with av.open(str(dst), "w") as out:
+        stream = out.add_stream("mpeg4", rate=Fraction(30))
+        for i, (t, rgb) in enumerate(iter_video_frames(src)):
+            if t > seconds:
+                break
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return dst
+
+
+def write_audio_only(src: Path, dst: Path) -> Path:
+    pcm = load_audio(src, 16000)
+    with av.open(str(dst), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray((pcm[None] * 32767).astype(np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return dst
+
+
+def test_no_camera_and_no_microphone_say_so():
+    result = run_live("--camera", "7")
+    assert result.returncode == 1
+    assert_one_clear_error(result, "no camera could be opened at 7", "neither a camera nor a microphone")
+
+
+def test_no_camera_falls_back_to_the_demo_clip():
+    messages = []
+    source = open_source(None, None, None, 16000, True, DEMO_CLIP, messages.append)
+    assert isinstance(source, FileSource) and source.path == DEMO_CLIP
+    assert "Playing the bundled demo clip" in messages[0]
+
+
+def test_camera_that_stops_mid_run_leaves_the_pipeline_running(tmp_path):
+    """A 'camera' that is really a short file: OpenCV delivers its frames, then nothing more."""
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
+    camera = CameraSource(str(clip))
+    source = DeviceSource(camera, mic_spec="no-such-microphone")
+    assert any("running on video alone" in n for n in source.notes)
+    session, info = open_model(DEFAULT_MODEL)
+    from avtca.app.runner import Runner
+
+    results = []
+    runner = Runner(source, Engine(session, info, FaceDetector()), results.append)
+    runner.start()
+    assert runner.done.wait(30), "the worker did not stop after the camera died"
+    runner.stop()
+    assert "stopped delivering frames" in source.fault()
+    assert results and any(r.face_present for r in results)
+
+
+def test_file_without_audio_track_runs_on_the_face(tmp_path):
+    video_only = write_video_only(shared("crema-d", "VideoFlash", "1001_DFA_HAP_XX.flv"), tmp_path / "v.mp4")
+    out = tmp_path / "v.jsonl"
+    result = run_live("--fast", "--source", str(video_only), "--out", str(out))
+    assert result.returncode == 0
+    assert_one_clear_error(result, "has no audio track; running on the face alone")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines and all(not r["voice_active"] and r["voice"] is None for r in lines)
+    assert any(r["face_present"] for r in lines)
+
+
+def test_file_without_video_track_runs_on_the_voice(tmp_path):
+    audio_only = write_audio_only(shared("crema-d", "AudioWAV_16k", "1002_DFA_ANG_XX.wav"), tmp_path / "a.wav")
+    out = tmp_path / "a.jsonl"
+    result = run_live("--fast", "--source", str(audio_only), "--out", str(out))
+    assert result.returncode == 0
+    assert_one_clear_error(result, "has no video track; running on the voice alone")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines and not any(r["face_present"] for r in lines)
+    assert any(r["voice_active"] for r in lines)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01garbage" * 500])
+def test_unreadable_file(tmp_path, content):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(content)
+    result = run_live("--fast", "--source", str(bad))
+    assert result.returncode == 1
+    assert_one_clear_error(result, f"media file {bad} could not be opened")
+
+
+def test_missing_file(tmp_path):
+    result = run_live("--fast", "--source", str(tmp_path / "nope.mp4"))
+    assert result.returncode == 1
+    assert_one_clear_error(result, "does not exist")
+
+
+def test_bad_model_files(tmp_path):
+    clip = str(shared("crema-d", "VideoFlash", "1001_DFA_NEU_XX.flv"))
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(DEFAULT_MODEL.read_bytes()[:100_000])
+    for path, phrase in ((tmp_path / "missing.onnx", "does not exist"), (corrupt, "not a readable ONNX model")):
+        result = run_live("--fast", "--source", clip, "--model", str(path))
+        assert result.returncode == 1
+        assert_one_clear_error(result, str(path), phrase)
+
+
+def test_cuda_without_cuda(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the fallback cannot be seen here")
+    clip = str(shared("crema-d", "VideoFlash", "1001_DFA_NEU_XX.flv"))
+    result = run_live("--fast", "--source", clip, "--device", "cuda", "--out", str(tmp_path / "c.jsonl"))
+    assert result.returncode == 0
+    assert_one_clear_error(result, "no CUDAExecutionProvider", "running on the CPU instead")
+    assert json.loads(result.stdout.strip().splitlines()[-1])["summary"]["provider"] == "CPUExecutionProvider"
+    strict = run_live("--fast", "--source", clip, "--device", "cuda", "--strict-device")
+    assert strict.returncode == 1
+    assert_one_clear_error(strict, "exiting because of --strict-device")
+
+
+def test_several_faces_all_boxed_largest_scored():
+    """Two real faces side by side, one shrunk: both get boxes, the larger is the one cropped and scored."""
+    face = cv2.cvtColor(cv2.imread(str(shared("unlabelled_video", "single_face.jpg"))), cv2.COLOR_BGR2RGB)
+    small = cv2.resize(face, (face.shape[1] * 2 // 3, face.shape[0] * 2 // 3))
+    canvas = np.full((face.shape[0], face.shape[1] + small.shape[1], 3), 128, np.uint8)
+    canvas[:, :face.shape[1]] = face
+    canvas[:small.shape[0], face.shape[1]:] = small
+    session, info = open_model(DEFAULT_MODEL)
+    engine = Engine(session, info, FaceDetector())
+    from avtca.app.capture import Frame
+
+    seen = engine.process_frame(Frame(0.0, canvas, 0.0))
+    assert len(seen.faces) == 2
+    big, little = seen.faces
+    assert big.area > little.area and big.x < face.shape[1] <= little.x
+    result = engine.tick(0.1, None)
+    assert result.face_present and result.face is not None and len(result.faces) == 2
+
+
+def test_no_portaudio_is_one_sentence(tmp_path):
+    """Without the PortAudio library `import sounddevice` raises OSError; the app must say what to install.
+    The library is present on this machine, so its absence is reproduced by a module that fails the same way."""
+    fake = tmp_path / "sounddevice.py"
+    fake.write_text("raise OSError('PortAudio library not found')\n")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from avtca.app.capture import DeviceError, list_microphones
+        try:
+            list_microphones()
+        except DeviceError as e:
+            print(e)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "no PortAudio library" in result.stdout and "apt-get install libportaudio2" in result.stdout
