@@ -63,8 +63,9 @@ def load_audio_clips(items: list[Item], sample_rate_hz: int) -> tuple[list[np.nd
     path = cache_dir() / (_key("audio", items, sample_rate_hz) + ".npz")
     if path.is_file():
         z = np.load(path, allow_pickle=False)
+        samples = z["samples"]  # each z[...] access reads the array afresh: read it once
         bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
-        clips = [z["samples"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        clips = [samples[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         return clips, z["kept"], Counter(dict(zip(z["skip_reasons"].tolist(), z["skip_counts"].tolist())))
     clips, kept, skipped = [], [], Counter()
     for i, item in enumerate(items):

@@ -16,7 +16,7 @@ from ..app.modelfile import read_model_info
 EVALS = [
     ("fer2013_publictest.json", "face only: FER2013 PublicTest, exact duplicates of training images removed",
      "avtca-eval --dataset fer2013 --root DATA/fer2013 --split test"),
-    ("ravdess_17-20.json", "voice only: RAVDESS speech, actors 17-20 (unseen in training)",
+    ("ravdess_17-20.json", "voice only: RAVDESS speech, actors 17-20 (not trained on; they chose the epoch)",
      "avtca-eval --dataset ravdess --root DATA/ravdess/Audio_Speech_16k_Actors_01-20 --actors 17-20"),
     ("paired.json", "face + voice pairs: each RAVDESS 17-20 clip with a PublicTest face of its label (seed 2024)",
      "avtca-eval --dataset paired --face-root DATA/fer2013 --voice-root DATA/ravdess/Audio_Speech_16k_Actors_01-20 "
@@ -50,13 +50,18 @@ def evaluation_section(eval_dir: Path) -> tuple[str, dict]:
         notes = r.get("notes", {})
         removed = notes.get("duplicates_of_training_removed", notes.get("face_duplicates_of_training_removed"))
         if removed:
-            lines.append(f"\n{removed} test images that are exact pixel copies of training images were removed.")
+            lines.append(f"\n{removed} PublicTest images that are exact pixel copies of training images were removed "
+                         f"before {'pairing' if modes else 'scoring'}.")
         items = notes.get("items")
-        if items and len(items) <= 12:
+        if items and len(items) <= 12 and modes:
             lines += ["", "| file | label | fused | face only | voice only |", "|---|---|---|---|---|"]
             for it in items:
                 lines.append(f"| {it['file']} | {it['label']} | {it['predicted']} ({it['confidence']:.2f}) | "
                              f"{it.get('face_only_predicted', '-')} | {it.get('voice_only_predicted', '-')} |")
+        elif items and len(items) <= 12:
+            lines += ["", "| file | label | predicted |", "|---|---|---|"]
+            for it in items:
+                lines.append(f"| {it['file']} | {it['label']} | {it['predicted']} ({it['confidence']:.2f}) |")
         lines.append("")
     return "\n".join(lines), found
 

@@ -85,6 +85,9 @@ class AudioFrontEnd(nn.Module):
         dct = dct_matrix(cfg.n_mfcc, cfg.n_mels) if cfg.n_mfcc else np.eye(cfg.n_mels, dtype=np.float32)
         self.register_buffer("dct", torch.from_numpy(dct), persistent=False)
         self.out_features = dct.shape[0]
+        # SpecAugment-style masking while training (set by the training stages; never active in eval or export):
+        # (time masks, max frames each, feature masks, max features each).
+        self.spec_augment: tuple[int, int, int, int] | None = None
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         spec = F.conv1d(pcm.float()[:, None, :], self.dft, stride=self.hop_length)  # (B, 2F, N): real, imag
@@ -95,7 +98,24 @@ class AudioFrontEnd(nn.Module):
             mean = feats.mean(dim=2, keepdim=True)
             std = (feats - mean).pow(2).mean(dim=2, keepdim=True).sqrt()
             feats = (feats - mean) / (std + NORM_EPS)
+        if self.training and self.spec_augment is not None:
+            feats = spec_augment(feats, *self.spec_augment)
         return feats
+
+
+def spec_augment(feats: torch.Tensor, time_masks: int, max_frames: int, feature_masks: int,
+                 max_features: int) -> torch.Tensor:
+    """Zero random spans of frames and of feature bands, independently per example: (B, F, N) -> (B, F, N)."""
+    b, f, n = feats.shape
+    keep = torch.ones(b, f, n, device=feats.device)
+    for count, width, size, dim in ((time_masks, max_frames, n, 2), (feature_masks, max_features, f, 1)):
+        for _ in range(count):
+            w = torch.randint(0, width + 1, (b, 1), device=feats.device)
+            start = (torch.rand(b, 1, device=feats.device) * (size - w).clamp_min(1)).long()
+            pos = torch.arange(size, device=feats.device)[None, :]
+            mask = ((pos >= start) & (pos < start + w)).float()  # (B, size)
+            keep = keep * (1 - (mask[:, None, :] if dim == 2 else mask[:, :, None]))
+    return feats * keep
 
 
 class FaceFrontEnd(nn.Module):

@@ -24,6 +24,7 @@ FACE_BATCH = 128
 CLIP_BATCH = 32
 EVAL_BATCH = 256
 LABEL_SMOOTHING = 0.1
+SPEC_AUGMENT = (2, 30, 2, 8)  # two time masks up to 0.3 s, two masks up to 8 of the 64 mel bands
 
 
 def batch_starts(n: int, batch: int) -> range:
@@ -129,13 +130,26 @@ def eval_windows(clips: list[np.ndarray], length: int) -> torch.Tensor:
 
 
 class VoiceHead(nn.Module):
-    """The network run on voice alone: everything after the per-frame CNN, with the face marked missing."""
+    """The network run on voice alone: everything after the per-frame CNN, with the face marked missing.
+
+    The video stages see only the constant input of a missing face here; their BatchNorm would learn running
+    statistics of a constant that drifts as the weights move, which breaks evaluation mode. They stay frozen
+    in evaluation mode until the fusion stage trains them on real faces.
+    """
 
     def __init__(self, model: AVTCA):
         super().__init__()
         self.model = model
-        for p in model.face_encoder.parameters():
-            p.requires_grad_(False)
+        for module in (model.face_encoder, model.video_stage1, model.video_stage2):
+            for p in module.parameters():
+                p.requires_grad_(False)
+        model.audio_frontend.spec_augment = SPEC_AUGMENT
+
+    def train(self, mode: bool = True) -> "VoiceHead":
+        super().train(mode)
+        self.model.video_stage1.eval()
+        self.model.video_stage2.eval()
+        return self
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         cfg = self.model.cfg
@@ -163,6 +177,7 @@ class FusionHead(nn.Module):
         self.model = model
         for p in model.face_encoder.parameters():
             p.requires_grad_(False)
+        model.audio_frontend.spec_augment = SPEC_AUGMENT
 
     def forward(self, audio: torch.Tensor, emb: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
         return self.model.logits_from_embeddings(audio, emb, presence)

@@ -94,6 +94,8 @@ def test_emodb_tess_and_manifest_made_here(tmp_path: Path, speech: np.ndarray):
     assert items == [Item(clip, "happy", "spk7", "manifest", "audio", start=0.5, end=1.5)]
     clips, kept, _ = load_audio_clips(items, 16000)
     assert list(kept) == [0] and len(clips[0]) == 16000  # the segment, resampled and cut
+    cached, kept_again, _ = load_audio_clips(items, 16000)  # the second call reads the cache
+    assert list(kept_again) == [0] and np.array_equal(cached[0], clips[0])
 
 
 def test_label_mapping_calm_to_neutral_only_where_needed():

@@ -131,3 +131,16 @@ def test_head_counts_are_configurable(heads):
 def test_bad_head_count_is_rejected():
     with pytest.raises(ValueError, match="it_heads=3"):
         preset("live", it_heads=3)
+
+
+def test_spec_augment_masks_only_while_training():
+    cfg = preset("live")
+    fe = AudioFrontEnd(cfg)
+    pcm = torch.randn(4, cfg.window_samples) * 0.1
+    clean = fe.eval()(pcm)
+    fe.spec_augment = (2, 30, 2, 8)
+    torch.testing.assert_close(fe.eval()(pcm), clean)  # evaluation and export never mask
+    masked = fe.train()(pcm)
+    zeroed = (masked == 0) & (clean != 0)
+    assert zeroed.any() and zeroed.float().mean() < 0.6
+    assert torch.equal(masked[~zeroed & (masked != 0)], clean[~zeroed & (masked != 0)])

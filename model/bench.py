@@ -1,0 +1,228 @@
+"""avtca-bench: how fast the model and the live pipeline are, against PyTorch and against real time.
+
+Prints a table and writes JSON whose keys name what was measured, e.g. `live.ort_fp32.batch1.median_ms`,
+`live.torch.batch1.median_ms`, `live.tick.median_ms`, `pipeline.fast.demo.fps`. Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
+from .config import preset
+from .export import Head, example_inputs, export
+from .network import AVTCA, count_parameters
+
+PIPELINE_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "unlabelled_video" / "WolfgangLanger_Pexels.mp4"
+
+
+def stats(times_s: list[float]) -> dict:
+    ms = np.asarray(times_s) * 1000
+    return {"median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "runs": len(ms)}
+
+
+def time_calls(fn, runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return stats(out)
+
+
+def gflops(model: AVTCA, batch: int = 1) -> float:
+    """Floating-point operations of one forward pass (multiply and add counted apart), in GFLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*example_inputs(model, batch))
+    return counter.get_total_flops() / 1e9
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def bench_model(name: str, threads: int, runs: int, int8: bool, out: dict, log) -> None:
+    torch.manual_seed(0)
+    model = AVTCA(preset(name)).eval()
+    torch.set_num_threads(threads)
+    out[f"{name}.params"] = count_parameters(model)
+    out[f"{name}.gflops"] = round(gflops(model), 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / f"{name}.onnx"
+        export(model, fp32, training=None, split=(name == "live"))
+        files = {"ort_fp32": fp32}
+        if int8:
+            files["ort_int8"] = Path(tmp) / f"{name}.int8.onnx"
+            export(model, files["ort_int8"], training=None, int8=True)
+        sessions = {k: ort_session(p, threads) for k, p in files.items()}
+        for batch in (1, 3):
+            audio, faces, presence = example_inputs(model, batch)
+            feeds = {"audio": audio.numpy(), "faces": faces.numpy(), "presence": presence.numpy()}
+            with torch.no_grad():
+                out.update(_flat(f"{name}.torch.batch{batch}", time_calls(lambda: model(audio, faces, presence),
+                                                                           runs, 5)))
+            for kind, session in sessions.items():
+                out.update(_flat(f"{name}.{kind}.batch{batch}", time_calls(lambda: session.run(None, feeds), runs, 5)))
+            out[f"{name}.ratio_ort_fp32_to_torch.batch{batch}"] = round(
+                out[f"{name}.ort_fp32.batch{batch}.median_ms"] / out[f"{name}.torch.batch{batch}.median_ms"], 3)
+            log(f"{name} batch {batch}: torch {out[f'{name}.torch.batch{batch}.median_ms']:.2f} ms, ORT fp32 "
+                f"{out[f'{name}.ort_fp32.batch{batch}.median_ms']:.2f} ms"
+                + (f", ORT int8 {out[f'{name}.ort_int8.batch{batch}.median_ms']:.2f} ms" if int8 else ""))
+        if name == "live":
+            bench_tick(model, fp32, threads, runs, out, log)
+
+
+def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log) -> None:
+    """What the app pays: the head on the batch of 3 per tick, and the encoder once per new face crop."""
+    stem = fp32.with_suffix("")
+    head = ort_session(stem.with_name(stem.name + ".head.onnx"), threads)
+    frames = ort_session(stem.with_name(stem.name + ".frames.onnx"), threads)
+    audio, faces, presence = example_inputs(model, 3)
+    with torch.no_grad():
+        emb = model.encode_frames(faces).numpy()
+    feeds = {"audio": audio.numpy(), "frame_embeddings": emb, "presence": presence.numpy()}
+    crop = faces[:1, 0].numpy()
+    out.update(_flat("live.tick", time_calls(lambda: head.run(None, feeds), runs, 5)))
+    out.update(_flat("live.frame_encode", time_calls(lambda: frames.run(None, {"crops": crop}), runs, 5)))
+    head_torch, emb_torch = Head(model), torch.from_numpy(emb)
+    with torch.no_grad():
+        out.update(_flat("live.torch_tick", time_calls(lambda: head_torch(audio, emb_torch, presence), runs, 5)))
+    log(f"live tick (head, batch 3): {out['live.tick.median_ms']:.2f} ms median; per new face crop "
+        f"{out['live.frame_encode.median_ms']:.2f} ms")
+
+
+def bench_pipeline(model_path: Path, clip: Path, label: str, realtime_seconds: float, out: dict, log) -> None:
+    """The headless pipeline on a file: --fast throughput, then real time for a while."""
+    from ..app.live import build, parser
+
+    for mode in ("fast", "realtime"):
+        argv = ["--source", str(clip), "--model", str(model_path), "--headless"] + (["--fast"] if mode == "fast" else [])
+        runner, _, _ = build(parser().parse_args(argv))
+        runner.start()
+        deadline = time.monotonic() + (realtime_seconds if mode == "realtime" else 3600)
+        while not runner.done.wait(0.1):
+            if time.monotonic() > deadline:
+                break
+        runner.stop()
+        runner.engine.detector.close()
+        s = runner.summary()
+        key = f"pipeline.{mode}.{label}"
+        wall = s["wall_seconds"]
+        if mode == "fast":
+            out[f"{key}.fps"] = round(s["frames_processed"] / wall, 1)
+            out[f"{key}.media_seconds_per_wall_second"] = round(s.get("media_seconds", 0) / wall, 2)
+            for stage, v in s["latency_ms"].items():  # each tick's sum over the frames since the last tick
+                if stage != "capture_to_result":
+                    out[f"{key}.per_tick.{stage}.median_ms"] = v["median"]
+            out[f"{key}.cpu_seconds_per_media_second"] = s.get("cpu_seconds_per_media_second")
+            log(f"pipeline --fast on {clip.name}: {out[f'{key}.fps']} frames/s "
+                f"({out[f'{key}.media_seconds_per_wall_second']}x real time)")
+        else:
+            lat = s["latency_ms"].get("capture_to_result", {"median": None, "p95": None})
+            out[f"{key}.capture_to_result.p50_ms"] = lat["median"]
+            out[f"{key}.capture_to_result.p95_ms"] = lat["p95"]
+            out[f"{key}.cpu_seconds_per_second"] = round(s["cpu_seconds"] / wall, 3)
+            out[f"{key}.frames_dropped"] = s["frames_dropped"]
+            log(f"pipeline real time on {clip.name}: capture-to-result p50 {lat['median']} ms, p95 {lat['p95']} ms, "
+                f"{out[f'{key}.cpu_seconds_per_second']} CPU s per s")
+
+
+def bench_training(name: str, steps: int, batch: int, out: dict, log, device: str = "cpu") -> None:
+    """Clips per second of full training steps (forward, backward, update) at the given batch."""
+    from .stages import FullModel
+
+    torch.manual_seed(0)
+    model = AVTCA(preset(name)).to(device).train()
+    module = FullModel(model)
+    opt = torch.optim.AdamW(module.parameters(), 1e-3)
+    audio, faces, presence = (t.to(device) for t in example_inputs(model, batch))
+    pixels = faces.permute(0, 1, 4, 2, 3).float()
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(module(audio, pixels, presence), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    s = time_calls(step, steps, 1)
+    out[f"{name}.train.{device}.clips_per_second"] = round(batch / (s["median_ms"] / 1000), 2)
+    out[f"{name}.train.{device}.batch"] = batch
+    log(f"{name} training on {device}: {out[f'{name}.train.{device}.clips_per_second']} clips/s (batch {batch})")
+
+
+def environment(threads: int) -> dict:
+    import onnxruntime as ort
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"env.cpu": cpu, "env.cpu_count": os.cpu_count(), "env.threads": threads, "env.python": sys.version.split()[0],
+            "env.torch": torch.__version__, "env.onnxruntime": ort.__version__, "env.numpy": np.__version__,
+            "env.provider": "CPUExecutionProvider", "env.cuda": torch.cuda.is_available()}
+
+
+def _flat(prefix: str, d: dict) -> dict:
+    return {f"{prefix}.{k}": v for k, v in d.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="avtca-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--quick", action="store_true", help="live preset only, few runs, no pipeline (a smoke test)")
+    p.add_argument("--threads", type=int, default=1, help="threads for both runtimes (the app uses 1)")
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model the pipeline benchmark runs")
+    p.add_argument("--clip", type=Path, default=PIPELINE_CLIP, help="a 640x360 face video for the pipeline")
+    args = p.parse_args(argv)
+    runs = 20 if args.quick else max(args.runs, 200)
+    out: dict = environment(args.threads)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    bench_model("live", args.threads, runs, int8=not args.quick, out=out, log=log)
+    if not args.quick:
+        bench_model("paper", args.threads, runs, int8=True, out=out, log=log)
+        for clip, label in ((DEMO_CLIP, "demo"), (args.clip, "face640x360")):
+            if clip.is_file():
+                bench_pipeline(args.model, clip, label, 10.0, out, log)
+            else:
+                log(f"pipeline on {label}: skipped, {clip} is not here")
+        bench_training("live", 5, 32, out, log)
+        bench_training("paper", 2, 4, out, log)
+        if torch.cuda.is_available():
+            bench_training("live", 10, 32, out, log, "cuda")
+            bench_training("paper", 10, 8, out, log, "cuda")
+    width = max(len(k) for k in out)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in out.items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

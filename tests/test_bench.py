@@ -1,0 +1,26 @@
+"""avtca-bench runs briefly and writes well-formed JSON (figures only; no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avtca.model import bench
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_bench_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for key in ("live.params", "live.gflops", "live.torch.batch1.median_ms", "live.ort_fp32.batch1.median_ms",
+                "live.ort_fp32.batch3.p95_ms", "live.ratio_ort_fp32_to_torch.batch1", "live.tick.median_ms",
+                "live.frame_encode.median_ms", "env.cpu", "env.threads", "env.onnxruntime"):
+        assert key in figures, key
+    for key, value in figures.items():
+        if key.endswith("_ms"):
+            assert value > 0, key
+    assert figures["live.params"] > 100_000 and figures["live.gflops"] > 0
+    assert "live.tick.median_ms" in capsys.readouterr().out
