@@ -8,7 +8,6 @@ its capture time on the source's clock: time.monotonic() for devices, media time
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -336,9 +335,12 @@ class FileSource(Source):
             last = time.perf_counter()
         yield self.duration, None
 
+    def start(self) -> None:
+        self._start = time.monotonic()  # media time 0 is now
+        super().start()
+
     def run(self) -> None:
         """Real-time playback: release each frame and audio block when the wall clock reaches its time."""
-        self._start = time.monotonic()
         for t, frame in self.events():
             if self._stop.wait(max(0.0, self._start + t - time.monotonic())):
                 return
@@ -367,7 +369,3 @@ def open_source(source: str | None, camera: str | None, mic: str | None, sample_
     for note in dev.notes:
         log(note)
     return dev
-
-
-def stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

@@ -158,8 +158,12 @@ class Engine:
         return np.stack(clip), True, newest.faces
 
     # -- per tick --------------------------------------------------------------------------------------
-    def tick(self, t: float, audio: AudioRing | None, capture_wall: float | None = None) -> Result:
-        """Score the window ending at capture time t."""
+    def tick(self, t: float, audio: AudioRing | None, clock=None) -> Result:
+        """Score the window ending at capture time t.
+
+        With a real-time source's `clock`, latency_ms gets capture_to_result (from the capture of the newest
+        input, the audio at t, to the result) and frame_age (how old the newest face frame is at the result).
+        """
         stage_ms, self.stage_ms = self.stage_ms, self._zero_stages()
         faces, face_present, boxes = self.face_clip(t)
         pcm = np.zeros(self.info.window_samples, np.float32)
@@ -188,9 +192,10 @@ class Engine:
                                                                     ("face", face)))
         as_dict = lambda p: None if p is None else dict(zip(self.labels, map(float, p)))  # noqa: E731
         latency = {**stage_ms, "inference": infer_ms}
-        wall = capture_wall if capture_wall is not None else self._newest_capture_wall
-        if wall is not None:
-            latency["capture_to_result"] = (time.monotonic() - wall) * 1000
+        if clock is not None:
+            latency["capture_to_result"] = (clock() - t) * 1000
+            if self._newest_capture_wall is not None:
+                latency["frame_age"] = (time.monotonic() - self._newest_capture_wall) * 1000
         top = self.labels[int(np.argmax(fused))] if fused is not None else None
         return Result(t, bool(face_present), bool(speaking), as_dict(fused), as_dict(voice), as_dict(face), top, boxes, level,
                       latency)

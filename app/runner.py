@@ -82,8 +82,9 @@ class Runner:
         self._thread: threading.Thread | None = None
         self.error: str | None = None
 
-    def _emit(self, t: float, capture_wall: float | None = None) -> None:
-        result = self.engine.tick(t, self.source.audio, capture_wall)
+    def _emit(self, t: float) -> None:
+        realtime = not (isinstance(self.source, FileSource) and not self.source.realtime)
+        result = self.engine.tick(t, self.source.audio, self.source.clock if realtime else None)
         self.stats.add(result)
         self.on_result(result)
 
@@ -115,7 +116,7 @@ class Runner:
                     self.on_frame(frame, seen)
             now = self.source.clock()
             if now >= next_tick:
-                self._emit(next_tick, frame.wall if frame is not None else None)
+                self._emit(next_tick)
                 next_tick += self.dt
                 if now - next_tick > 1.0:  # fell far behind (machine suspended?): skip, do not queue
                     next_tick = now + self.dt

@@ -187,6 +187,57 @@ def environment(threads: int) -> dict:
             "env.provider": "CPUExecutionProvider", "env.cuda": torch.cuda.is_available()}
 
 
+MARKDOWN_ROWS = [
+    ("live preset: parameters / GFLOPs", "live.params", "live.gflops"),
+    ("paper preset: parameters / GFLOPs", "paper.params", "paper.gflops"),
+    ("live batch 1: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "live.torch.batch1.median_ms",
+     "live.ort_fp32.batch1.median_ms", "live.ort_int8.batch1.median_ms"),
+    ("live batch 3: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "live.torch.batch3.median_ms",
+     "live.ort_fp32.batch3.median_ms", "live.ort_int8.batch3.median_ms"),
+    ("live batch 1 p95: PyTorch / ORT fp32 (ms)", "live.torch.batch1.p95_ms", "live.ort_fp32.batch1.p95_ms"),
+    ("live ORT fp32 / PyTorch, batch 1 and 3", "live.ratio_ort_fp32_to_torch.batch1",
+     "live.ratio_ort_fp32_to_torch.batch3"),
+    ("live per tick (head on the batch of 3, median / p95 ms)", "live.tick.median_ms", "live.tick.p95_ms"),
+    ("live per new face crop (encoder, median ms)", "live.frame_encode.median_ms"),
+    ("paper batch 1: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "paper.torch.batch1.median_ms",
+     "paper.ort_fp32.batch1.median_ms", "paper.ort_int8.batch1.median_ms"),
+    ("paper batch 3: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "paper.torch.batch3.median_ms",
+     "paper.ort_fp32.batch3.median_ms", "paper.ort_int8.batch3.median_ms"),
+    ("paper ORT fp32 / PyTorch, batch 1", "paper.ratio_ort_fp32_to_torch.batch1"),
+    ("pipeline --fast, demo clip 480x360: frames/s, x real time", "pipeline.fast.demo.fps",
+     "pipeline.fast.demo.media_seconds_per_wall_second"),
+    ("pipeline --fast, 640x360 face video: frames/s, x real time", "pipeline.fast.face640x360.fps",
+     "pipeline.fast.face640x360.media_seconds_per_wall_second"),
+    ("pipeline --fast, 640x360, per tick medians ms: decode / detect / crop / encode / inference",
+     "pipeline.fast.face640x360.per_tick.decode.median_ms", "pipeline.fast.face640x360.per_tick.detect.median_ms",
+     "pipeline.fast.face640x360.per_tick.crop.median_ms", "pipeline.fast.face640x360.per_tick.encode.median_ms",
+     "pipeline.fast.face640x360.per_tick.inference.median_ms"),
+    ("real time, 640x360: capture-to-result p50 / p95 ms", "pipeline.realtime.face640x360.capture_to_result.p50_ms",
+     "pipeline.realtime.face640x360.capture_to_result.p95_ms"),
+    ("real time, 640x360: CPU seconds per second", "pipeline.realtime.face640x360.cpu_seconds_per_second"),
+    ("real time, demo clip: capture-to-result p50 / p95 ms, CPU s per s",
+     "pipeline.realtime.demo.capture_to_result.p50_ms", "pipeline.realtime.demo.capture_to_result.p95_ms",
+     "pipeline.realtime.demo.cpu_seconds_per_second"),
+    ("training on CPU, clips/s: live (batch 32) / paper (batch 4)", "live.train.cpu.clips_per_second",
+     "paper.train.cpu.clips_per_second"),
+]
+
+
+def markdown(figures: dict) -> str:
+    """The README's performance table from a saved JSON (so no figure is typed by hand)."""
+    env = (f"{figures.get('env.cpu')}, {figures.get('env.cpu_count')} cores, {figures.get('env.threads')} thread(s), "
+           f"onnxruntime {figures.get('env.onnxruntime')}, torch {figures.get('env.torch')}, "
+           f"{figures.get('env.provider')}")
+    lines = [f"Machine: {env}.", "", "| measure | figure |", "|---|---|"]
+    for title, *keys in MARKDOWN_ROWS:
+        values = [figures.get(k) for k in keys]
+        if all(v is None for v in values):
+            continue
+        shown = " / ".join("n/a" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in values)
+        lines.append(f"| {title} | {shown} |")
+    return "\n".join(lines)
+
+
 def _flat(prefix: str, d: dict) -> dict:
     return {f"{prefix}.{k}": v for k, v in d.items()}
 
@@ -199,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model the pipeline benchmark runs")
     p.add_argument("--clip", type=Path, default=PIPELINE_CLIP, help="a 640x360 face video for the pipeline")
+    p.add_argument("--markdown", type=Path, help="print the README table for a JSON written earlier, and exit")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     runs = 20 if args.quick else max(args.runs, 200)
     out: dict = environment(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731

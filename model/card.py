@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 from pathlib import Path
 
 from ..app.modelfile import read_model_info
@@ -66,9 +68,17 @@ def evaluation_section(eval_dir: Path) -> tuple[str, dict]:
     return "\n".join(lines), found
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def training_section(meta: dict, runs: Path | None) -> str:
     training = meta["training"]
-    lines = [f"- Exact commands, in order (`make model` runs them):"]
+    lines = ["- Exact commands, in order (`make model` runs them):"]
     for stage in training.get("stages", []):
         lines.append(f"  - `{stage['command']}`")
     total = 0.0
@@ -81,8 +91,8 @@ def training_section(meta: dict, runs: Path | None) -> str:
                 lines.append(f"- {stage['stage']} stage: {len(json.loads(history.read_text()))} epochs, "
                              f"{seconds / 60:.1f} min of epoch time, best validation epoch {stage.get('best_epoch')}")
     if total:
-        lines.append(f"- Training time on this machine (2-core AMD EPYC, CPU only, sum of epoch times, data "
-                     f"decoding not included): {total / 60:.0f} min")
+        lines.append(f"- Training time on this machine ({cpu_name()}, {os.cpu_count()} cores, CPU only; sum of epoch "
+                     f"times, data decoding and caching not included): {total / 60:.0f} min")
     lines.append(f"- git commit {training.get('git_commit')}, {training.get('date')}, torch {training.get('torch')}")
     return "\n".join(lines)
 

@@ -113,6 +113,35 @@ def read_fer2013(root: Path) -> ReadReport:
     return report
 
 
+FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown",
+                   "NF")
+
+
+def read_ferplus_votes(ferplus_dir: Path) -> dict[str, list[int]]:
+    """FER+ crowd votes per FER2013 image: {'train/angry/Training_1426440.jpg': [10 vote counts]}.
+
+    Reads `fer2013new.csv` (votes, in fer2013.csv row order, named ferNNNNNNN.png) and the index
+    `ferplus_to_fer2013_jpg.csv` that maps those names onto the image-folder layout.
+    """
+    ferplus_dir = Path(ferplus_dir)
+    votes_csv, index_csv = ferplus_dir / "fer2013new.csv", ferplus_dir / "ferplus_to_fer2013_jpg.csv"
+    for path in (votes_csv, index_csv):
+        if not path.is_file():
+            raise FileNotFoundError(f"FER+ file {path} is missing; --ferplus needs fer2013new.csv and "
+                                    f"ferplus_to_fer2013_jpg.csv in one folder")
+    with votes_csv.open(newline="") as f:
+        votes = {row["Image name"]: [int(row[c] or 0) for c in FERPLUS_CLASSES]
+                 for row in csv.DictReader(f) if row.get("Image name")}
+    with index_csv.open(newline="") as f:
+        return {row["msambare_path"]: votes[row["ferplus_image"]] for row in csv.DictReader(f)
+                if row["ferplus_image"] in votes}
+
+
+def ferplus_key(path: Path) -> str:
+    """The index's key for an image file: its last three path parts, e.g. 'train/angry/Training_1.jpg'."""
+    return "/".join(Path(path).parts[-3:])
+
+
 def read_emodb(root: Path) -> ReadReport:
     """EmoDB `wav/03a01Fa.wav`: speaker, text, emotion letter (German initial), version."""
     report = ReadReport()

@@ -160,7 +160,6 @@ def eval_av(pred: Predictor, dataset: str, root: Path, actors: str | None, cfg_l
 def eval_paired(pred: Predictor, face_root: Path, voice_dataset: str, voice_root: Path, actors: str | None,
                 face_split: str, seed: int) -> tuple[dict, dict]:
     """Each voice clip paired with a face image of the same label (seeded), scored three ways."""
-    faces_result, face_notes = None, None
     f_items, f_ys, _ = _mapped(read_dataset("fer2013", face_root).items, pred.labels)
     test = [i for i, it in enumerate(f_items) if it.split == face_split]
     train = [i for i, it in enumerate(f_items) if it.split == "train"]

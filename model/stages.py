@@ -71,6 +71,7 @@ class FaceData:
     train_y: np.ndarray  # (N,) int64
     val: np.ndarray
     val_y: np.ndarray
+    train_soft: np.ndarray | None = None  # (N, classes) float32 soft targets (FER+ votes), when asked for
 
 
 def face_batches(data: FaceData, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,13 +80,38 @@ def face_batches(data: FaceData, epoch: int, seed: int) -> Iterator[tuple[torch.
     for i in batch_starts(len(order), FACE_BATCH):
         idx = np.sort(order[i:i + FACE_BATCH])
         pixels = augment_faces(to_pixels(data.train[idx]), g)
-        yield pixels.contiguous(memory_format=torch.channels_last), torch.from_numpy(data.train_y[idx])
+        soft = torch.from_numpy(data.train_soft[idx]) if data.train_soft is not None else None
+        yield pixels.contiguous(memory_format=torch.channels_last), torch.from_numpy(data.train_y[idx]), soft
 
 
 def face_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    pixels, y = batch
-    logits = module(pixels).float()
-    return F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING), logits.detach(), y
+    """Cross-entropy on (input, target) or (input, target, soft target distribution or None) batches."""
+    x, y, soft = (*batch, None) if len(batch) == 2 else batch
+    logits = module(x).float()
+    if soft is not None:
+        loss = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    else:
+        loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
+    return loss, logits.detach(), y
+
+
+def soft_targets(y: np.ndarray, votes: list[list[int] | None], labels: tuple[str, ...], weight: float) -> np.ndarray:
+    """(1 - weight) * one-hot label + weight * the FER+ vote distribution over `labels` (one-hot where no votes)."""
+    from .datasets import FERPLUS_CLASSES
+    from .labels import CANONICAL
+
+    columns = [(i, labels.index(CANONICAL[c])) for i, c in enumerate(FERPLUS_CLASSES)
+               if c in CANONICAL and CANONICAL[c] in labels]
+    out = np.eye(len(labels), dtype=np.float32)[y]
+    for n, v in enumerate(votes):
+        if v is None:
+            continue
+        dist = np.zeros(len(labels), np.float32)
+        for src, dst in columns:
+            dist[dst] += v[src]
+        if dist.sum() > 0:
+            out[n] = (1 - weight) * out[n] + weight * dist / dist.sum()
+    return out
 
 
 @torch.no_grad()

@@ -109,11 +109,23 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
     unique = np.asarray([h not in seen for h in pixel_hashes(va)], bool)
     log(f"faces: {len(tr)} training, {len(va)} validation images; {int((~unique).sum())} validation images are exact "
         f"pixel duplicates of training images and are removed")
+    soft = None
+    if args.ferplus:
+        from .datasets import ferplus_key, read_ferplus_votes
+        from .stages import soft_targets
+
+        votes = read_ferplus_votes(args.ferplus)
+        train_items = [items[train[i]] for i in tr_kept]
+        found = [votes.get(ferplus_key(it.path)) for it in train_items]
+        soft = soft_targets(tr_y, found, cfg.labels, args.ferplus_weight)
+        log(f"faces: FER+ votes for {sum(v is not None for v in found)} of {len(found)} training images, "
+            f"soft targets with weight {args.ferplus_weight}")
     info = {"faces": [f"{n}={r}" for n, r in sources], "face_train": len(tr), "face_val": int(unique.sum()),
+            "ferplus": str(args.ferplus) if args.ferplus else None,
             "face_val_duplicates_removed": int((~unique).sum()),
             "face_skipped": report_skips("faces", dropped, tr_skip, va_skip),
             "face_label_mapping": mapping_table([it.label for it in items], cfg.labels)}
-    return FaceData(tr, tr_y, va[unique], va_y[unique]), info
+    return FaceData(tr, tr_y, va[unique], va_y[unique], soft), info
 
 
 def limit_idx(idx: list[int], n: int | None, seed: int) -> list[int]:
@@ -285,6 +297,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, help="start from this checkpoint (its config wins over --preset)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves, confusion matrix")
     p.add_argument("--faces", action="append", metavar="DATASET=PATH", help="face images, e.g. fer2013=PATH")
+    p.add_argument("--ferplus", type=Path, help="folder with fer2013new.csv and ferplus_to_fer2013_jpg.csv: "
+                                               "FER+ votes as soft targets for the face stage")
+    p.add_argument("--ferplus-weight", type=float, default=0.5, help="share of the FER+ distribution in the target")
     p.add_argument("--voice", action="append", metavar="DATASET=PATH", help="voice clips (repeatable)")
     p.add_argument("--av", action="append", metavar="DATASET=PATH", help="audio-video clips (repeatable)")
     p.add_argument("--split", default="live", help="named actor split: live, ravdess-reference")

@@ -147,3 +147,19 @@ def test_bad_files_are_skipped_and_counted(tmp_path: Path, speech: np.ndarray):
     fer = read_dataset("fer2013", tmp_path / "fer").items
     crops, kept, skipped = load_face_images(fer, 48, 1)
     assert crops.shape == (1, 48, 48, 1) and skipped == {"unreadable image": 1}
+
+
+def test_ferplus_votes_become_soft_targets():
+    from avtca.model.datasets import ferplus_key, read_ferplus_votes
+    from avtca.model.stages import soft_targets
+
+    votes = read_ferplus_votes(shared("ferplus"))
+    image = shared("fer2013", "train", "angry", "Training_1426440.jpg")
+    v = votes[ferplus_key(image)]
+    assert v == [4, 0, 0, 1, 3, 2, 0, 0, 0, 0]  # neutral 4, sadness 1, anger 3, disgust 2
+    y = np.array([LIVE_LABELS.index("angry"), LIVE_LABELS.index("happy")])
+    soft = soft_targets(y, [v, None], LIVE_LABELS, 0.5)
+    assert soft.sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert soft[0, LIVE_LABELS.index("angry")] == pytest.approx(0.5 + 0.5 * 3 / 10)
+    assert soft[0, LIVE_LABELS.index("neutral")] == pytest.approx(0.5 * 4 / 10)
+    assert soft[1, LIVE_LABELS.index("happy")] == 1.0  # no votes: the FER2013 label alone

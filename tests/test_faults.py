@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avtca.app import live
-from avtca.app.capture import CameraSource, DeviceError, DeviceSource, FileSource, open_source
+from avtca.app.capture import CameraSource, DeviceSource, FileSource, open_source
 from avtca.app.faces import FaceDetector
 from avtca.app.media import iter_video_frames, load_audio
 from avtca.app.modelfile import open_model
