@@ -94,22 +94,28 @@ def _mapped(items: list[Item], labels) -> tuple[list[Item], np.ndarray, int]:
     return [k[0] for k in kept], np.asarray([k[1] for k in kept], np.int64), len(items) - len(kept)
 
 
-def eval_faces(pred: Predictor, root: Path, split: str) -> tuple[dict, dict]:
-    """FER2013-style image folders: `split` scored, exact pixel duplicates of training images removed."""
+def fer_images(pred: Predictor, root: Path, split: str) -> tuple[list[Item], np.ndarray, np.ndarray, dict]:
+    """FER2013-style folders: (all items, crops and labels of `split` without exact pixel duplicates of training
+    images, notes on what was removed or skipped)."""
     items, ys, dropped = _mapped(read_dataset("fer2013", root).items, pred.labels)
     test = [i for i, it in enumerate(items) if it.split == split]
     train = [i for i, it in enumerate(items) if it.split == "train"]
     crops, kept, skipped = load_face_images([items[i] for i in test], pred.face_size, pred.face_channels)
     y = ys[np.asarray(test, np.int64)[kept]] if len(kept) else np.zeros(0, np.int64)
-    notes = {"split": split, "skipped": dict(skipped), "dropped_by_label_mapping": dropped}
+    notes = {"split": split, "skipped": dict(skipped), "dropped_by_label_mapping": dropped,
+             "duplicates_of_training_removed": None}
     if split != "train" and train:
         train_crops, _, _ = load_face_images([items[i] for i in train], pred.face_size, pred.face_channels)
         seen = set(pixel_hashes(train_crops))
         unique = np.asarray([h not in seen for h in pixel_hashes(crops)], bool)
         crops, y = crops[unique], y[unique]
         notes["duplicates_of_training_removed"] = int((~unique).sum())
-    else:
-        notes["duplicates_of_training_removed"] = None
+    return items, crops, y, notes
+
+
+def eval_faces(pred: Predictor, root: Path, split: str) -> tuple[dict, dict]:
+    """Face images as T identical frames, the voice marked missing."""
+    items, crops, y, notes = fer_images(pred, root, split)
     probs = pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"])
     result = summarise(y, probs.argmax(1), pred.labels)
     result["label_mapping"] = mapping_table([it.label for it in items], pred.labels)
@@ -160,16 +166,8 @@ def eval_av(pred: Predictor, dataset: str, root: Path, actors: str | None, cfg_l
 def eval_paired(pred: Predictor, face_root: Path, voice_dataset: str, voice_root: Path, actors: str | None,
                 face_split: str, seed: int) -> tuple[dict, dict]:
     """Each voice clip paired with a face image of the same label (seeded), scored three ways."""
-    f_items, f_ys, _ = _mapped(read_dataset("fer2013", face_root).items, pred.labels)
-    test = [i for i, it in enumerate(f_items) if it.split == face_split]
-    train = [i for i, it in enumerate(f_items) if it.split == "train"]
-    crops, kept, _ = load_face_images([f_items[i] for i in test], pred.face_size, pred.face_channels)
-    face_y = f_ys[np.asarray(test, np.int64)[kept]]
-    removed = None
-    if train and face_split != "train":
-        seen = set(pixel_hashes(load_face_images([f_items[i] for i in train], pred.face_size, pred.face_channels)[0]))
-        unique = np.asarray([h not in seen for h in pixel_hashes(crops)], bool)
-        crops, face_y, removed = crops[unique], face_y[unique], int((~unique).sum())
+    f_items, crops, face_y, face_notes = fer_images(pred, face_root, face_split)
+    removed = face_notes["duplicates_of_training_removed"]
     kwargs = {"modalities": ("audio",)} if voice_dataset in ("ravdess", "crema-d") else {}
     v_all = read_dataset(voice_dataset, voice_root, **kwargs).items
     v_items, v_ys, _ = _mapped(filter_actors(v_all, actors), pred.labels)
