@@ -65,8 +65,12 @@ def build(args) -> tuple[Runner, object, object]:
     provider = session.get_providers()[0]
     if not info.trained:
         say(f"{args.model} is an UNTRAINED model: its probabilities mean nothing yet")
-    detector = FaceDetector(video_mode=True)
     source = open_source(args.source, args.camera, args.mic, info.sample_rate_hz, args.fast, DEMO_CLIP, say)
+    try:
+        detector = FaceDetector(video_mode=True)
+    except FaceDetectorError:
+        source.stop()  # release the camera and microphone before saying why
+        raise
     for note in getattr(source, "notes", []):
         say(note)
     split, why_not = (None, "--full-model") if args.full_model else open_split(args.model, info, providers, args.threads)

@@ -84,10 +84,11 @@ def test_camera_that_stops_mid_run_leaves_the_pipeline_running(tmp_path):
     from avtca.app.runner import Runner
 
     results = []
-    runner = Runner(source, Engine(session, info, FaceDetector()), results.append)
-    runner.start()
-    assert runner.done.wait(30), "the worker did not stop after the camera died"
-    runner.stop()
+    with FaceDetector() as detector:  # closed here: MediaPipe's own finaliser can hang when run by the GC later
+        runner = Runner(source, Engine(session, info, detector), results.append)
+        runner.start()
+        assert runner.done.wait(30), "the worker did not stop after the camera died"
+        runner.stop()
     assert "stopped delivering frames" in source.fault()
     assert results and any(r.face_present for r in results)
 
@@ -162,14 +163,15 @@ def test_several_faces_all_boxed_largest_scored():
     canvas[:, :face.shape[1]] = face
     canvas[:small.shape[0], face.shape[1]:] = small
     session, info = open_model(DEFAULT_MODEL)
-    engine = Engine(session, info, FaceDetector())
     from avtca.app.capture import Frame
 
-    seen = engine.process_frame(Frame(0.0, canvas, 0.0))
+    with FaceDetector() as detector:
+        engine = Engine(session, info, detector)
+        seen = engine.process_frame(Frame(0.0, canvas, 0.0))
+        result = engine.tick(0.1, None)
     assert len(seen.faces) == 2
     big, little = seen.faces
     assert big.area > little.area and big.x < face.shape[1] <= little.x
-    result = engine.tick(0.1, None)
     assert result.face_present and result.face is not None and len(result.faces) == 2
 
 
