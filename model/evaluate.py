@@ -22,7 +22,7 @@ from .cache import load_audio_clips, load_face_images, pixel_hashes
 from .datasets import Item, read_dataset
 from .labels import map_label, mapping_table
 from .metrics import format_line, summarise
-from .splits import parse_actors
+from .splits import pair_indices, parse_actors
 
 MODES = {"fused": (1.0, 1.0), "face_only": (0.0, 1.0), "voice_only": (1.0, 0.0)}
 BATCH = 64
@@ -173,9 +173,7 @@ def eval_paired(pred: Predictor, face_root: Path, voice_dataset: str, voice_root
     v_items, v_ys, _ = _mapped(filter_actors(v_all, actors), pred.labels)
     audio, v_kept, skipped = voice_windows(pred, v_items)
     voice_y = v_ys[v_kept]
-    rng = np.random.default_rng(seed)
-    by_label = {c: np.flatnonzero(face_y == c) for c in np.unique(face_y)}
-    face_idx = np.asarray([by_label[c][rng.integers(len(by_label[c]))] if c in by_label else -1 for c in voice_y])
+    face_idx = pair_indices(voice_y, face_y, np.random.default_rng(seed))
     ok = face_idx >= 0
     audio, voice_y, face_idx = audio[ok], voice_y[ok], face_idx[ok]
     clips = face_clip(crops[face_idx], pred.frames) if len(face_idx) else pred.empty_faces(0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import warnings
 
+import numpy as np
+
 from .datasets import Item
 
 # Named actor splits: {name: (test actors, validation actors)}; every other actor trains.
@@ -69,3 +71,14 @@ def random_split(items: list[Item], seed: int, test_share: float = 0.2) -> dict[
     random.Random(seed).shuffle(shuffled)
     n_test = int(round(len(shuffled) * test_share))
     return {"train": shuffled[n_test:], "val": shuffled[:n_test], "test": shuffled[:n_test]}
+
+
+def pair_indices(voice_y: np.ndarray, face_y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each voice label, a face index with the same label, drawn at random (-1 where none exists)."""
+    by_label = {int(c): np.flatnonzero(face_y == c) for c in np.unique(face_y)}
+    out = np.full(len(voice_y), -1, np.int64)
+    for i, c in enumerate(voice_y):
+        pool = by_label.get(int(c))
+        if pool is not None and len(pool):
+            out[i] = pool[rng.integers(len(pool))]
+    return out

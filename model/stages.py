@@ -19,6 +19,7 @@ from ..app.audio import centre_window
 from .augment import augment_audio, augment_faces, random_window
 from .metrics import summarise
 from .network import AVTCA
+from .splits import pair_indices
 
 FACE_BATCH = 128
 CLIP_BATCH = 32
@@ -216,17 +217,6 @@ class PairData:
     face_y: np.ndarray
     val_face_emb: np.ndarray  # (M, embed) float16, validation faces (unaugmented view)
     val_face_y: np.ndarray
-
-
-def pair_indices(voice_y: np.ndarray, face_y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each voice label, a face index with the same label, drawn at random (-1 where none exists)."""
-    by_label = {int(c): np.flatnonzero(face_y == c) for c in np.unique(face_y)}
-    out = np.full(len(voice_y), -1, np.int64)
-    for i, c in enumerate(voice_y):
-        pool = by_label.get(int(c))
-        if pool is not None and len(pool):
-            out[i] = pool[rng.integers(len(pool))]
-    return out
 
 
 def clip_from_views(views: np.ndarray, frames: int, g: torch.Generator) -> torch.Tensor:

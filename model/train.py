@@ -85,10 +85,7 @@ def split_items(items: list[Item], args) -> dict[str, list[Item]]:
 
 def limit(items: list[Item], n: int | None, seed: int) -> list[Item]:
     """At most n items, a seeded sample that keeps the order (for quick runs and tests)."""
-    if not n or len(items) <= n:
-        return items
-    idx = np.sort(np.random.default_rng(seed).choice(len(items), n, replace=False))
-    return [items[i] for i in idx]
+    return [items[i] for i in limit_idx(list(range(len(items))), n, seed)]
 
 
 # ---- data per stage --------------------------------------------------------------------------------------
@@ -129,6 +126,7 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
 
 
 def limit_idx(idx: list[int], n: int | None, seed: int) -> list[int]:
+    """At most n of the indices, a seeded sample in their order."""
     if not n or len(idx) <= n:
         return idx
     return sorted(np.random.default_rng(seed).choice(idx, n, replace=False).tolist())
