@@ -112,13 +112,16 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return open_model(path)[1]
 
 
-SPLIT_SUFFIXES = {"frames": ".frames.onnx", "head": ".head.onnx"}
+# The full model split in three (avtca-export writes them beside it): the per-frame face encoder, the audio
+# front end, and the head that takes both front ends' outputs.
+SPLIT_SUFFIXES = {"frames": ".frames.onnx", "audio": ".audio.onnx", "head": ".head.onnx"}
 
 
 def open_split(path: str | Path, info: ModelInfo, providers: list[str] | None = None, threads: int = 0):
-    """(frame encoder session, head session) exported beside the full model at `path`, or (None, reason).
+    """(frame encoder session, audio features session, head session) exported beside the full model at `path`,
+    or (None, reason).
 
-    They are used only when both exist and carry the same weights as the full model.
+    They are used only when all three exist and carry the same weights as the full model.
     """
     import onnxruntime as ort
 
@@ -142,4 +145,4 @@ def open_split(path: str | Path, info: ModelInfo, providers: list[str] | None = 
         if meta.get("part") != part or meta["weights_sha256"] != info.metadata["weights_sha256"]:
             return None, f"{part_path.name} does not belong to {path.name} (different weights)"
         sessions[part] = session
-    return (sessions["frames"], sessions["head"]), None
+    return (sessions["frames"], sessions["audio"], sessions["head"]), None

@@ -96,8 +96,9 @@ class Engine:
     def __init__(self, session, info: ModelInfo, detector: FaceDetector, smooth_seconds: float = 0.5,
                  split: tuple | None = None):
         self.session, self.info, self.detector = session, info, detector
-        # With the split model, each crop is encoded once when it arrives; a tick runs only the head.
-        self.frames_session, self.head_session = split if split else (None, None)
+        # With the split model, each crop is encoded once when it arrives; a tick computes the audio features
+        # once and runs only the head on the batch of three.
+        self.frames_session, self.audio_session, self.head_session = split if split else (None, None, None)
         self.labels = info.labels
         self.history: deque[SeenFrame] = deque()
         self.history_seconds = info.window_seconds + 1.0
@@ -179,11 +180,14 @@ class Engine:
         v, f = float(speaking), float(face_present)
         presence = np.array([[v, f], [v, 0.0], [0.0, f]], np.float32)
         t0 = time.perf_counter()
-        audio3, faces3 = np.repeat(pcm[None], 3, 0), np.repeat(faces[None], 3, 0)
+        faces3 = np.repeat(faces[None], 3, 0)
         if self.head_session is not None:
-            probs = self.head_session.run(None, {"audio": audio3, "frame_embeddings": faces3, "presence": presence})[0]
+            features = self.audio_session.run(None, {"audio": pcm[None]})[0]
+            probs = self.head_session.run(None, {"audio_features": np.repeat(features, 3, 0),
+                                                 "frame_embeddings": faces3, "presence": presence})[0]
         else:
-            probs = self.session.run(None, {"audio": audio3, "faces": faces3, "presence": presence})[0]
+            probs = self.session.run(None, {"audio": np.repeat(pcm[None], 3, 0), "faces": faces3,
+                                            "presence": presence})[0]
         infer_ms = (time.perf_counter() - t0) * 1000
         fused = probs[0] if (speaking or face_present) else None
         voice = probs[1] if speaking else None

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, open_model
+from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, SPLIT_SUFFIXES, open_model
 from .checkpoint import git_commit, load_checkpoint, weights_sha256
 from .config import PRESETS, preset
 from .network import AVTCA
@@ -34,8 +34,6 @@ CHECK_SEED = 1234
 MISSING_MODALITY = ("presence[:, 0] weights the voice and presence[:, 1] the face: 1 present, 0 missing; a missing "
                     "modality is multiplied to exact zeros inside the network, whatever its input holds")
 
-
-SPLIT_SUFFIXES = {"frames": ".frames.onnx", "head": ".head.onnx"}
 
 
 class ExportCheckError(RuntimeError):
@@ -53,15 +51,27 @@ class FrameEncoder(torch.nn.Module):
         return self.model.encode_frames(crops[:, None])[:, 0]
 
 
-class Head(torch.nn.Module):
-    """Everything after the per-frame CNN: (audio, frame embeddings (B, T, embed), presence) -> probabilities."""
+class AudioFeatures(torch.nn.Module):
+    """The audio front end alone: (B, samples) float32 PCM -> (B, features, frames) normalised log-mel."""
 
     def __init__(self, model: AVTCA):
         super().__init__()
         self.model = model
 
-    def forward(self, audio: torch.Tensor, frame_emb: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model.logits_from_embeddings(audio, frame_emb, presence), dim=-1)
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.model.audio_frontend(audio)
+
+
+class Head(torch.nn.Module):
+    """Everything after the two front ends: (audio features, frame embeddings (B, T, embed), presence) ->
+    probabilities."""
+
+    def __init__(self, model: AVTCA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio_features: torch.Tensor, frame_emb: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model.logits_from_features(audio_features, frame_emb, presence), dim=-1)
 
 
 def example_inputs(model: AVTCA, batch: int, seed: int = CHECK_SEED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -128,25 +138,22 @@ def _write_metadata(path: Path, metadata: dict) -> None:
 
 
 def _frontend_nodes(path: Path) -> list[str]:
-    """Names of the nodes that compute the audio front end, which int8 must not touch (power spans 1e-12..1e4)."""
+    """Names of the nodes that compute the audio front end, which int8 must not touch (power spans 1e-12..1e4):
+    everything downstream of the audio input up to (and including) the MatMuls of the mel filters and the DCT."""
     graph = onnx.load(str(path)).graph
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    # Everything downstream of the STFT up to (and including) the MatMuls of the mel filters and the DCT.
-    stft = [n for n in graph.node if n.op_type == "STFT"]
-    excluded, frontier = [], [o for n in stft for o in n.output]
-    seen_matmuls = 0
-    while frontier and seen_matmuls < 2 * len(stft):
+    excluded, frontier, matmuls = [], ["audio"], 0
+    while frontier and matmuls < 2:
         nxt = []
         for tensor in frontier:
             for node in consumers.get(tensor, []):
                 if node.name in excluded:
                     continue
                 excluded.append(node.name)
-                if node.op_type == "MatMul":
-                    seen_matmuls += 1
+                matmuls += node.op_type == "MatMul"
                 nxt.extend(node.output)
         frontier = nxt
     return excluded
@@ -185,16 +192,18 @@ def verify(model: AVTCA, path: Path, int8: bool) -> dict:
 
 
 def split_paths(out: Path) -> dict[str, Path]:
-    """Where the per-frame encoder and the head of `out` are written: beside it."""
+    """Where the per-frame encoder, the audio front end and the head of `out` are written: beside it."""
     stem = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
     return {part: out.with_name(stem + suffix) for part, suffix in SPLIT_SUFFIXES.items()}
 
 
 def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
-    """The per-frame face encoder and the head as two more files, checked against the full model.
+    """The per-frame face encoder, the audio front end and the head as three more files, checked together
+    against the full model.
 
-    The app encodes each face crop once when it arrives and runs only the head per tick; exact, because the
-    face CNN sees each frame on its own.
+    The app encodes each face crop once when it arrives; per tick it computes the audio features once and runs
+    the head on the batch of three (fused, voice only, face only). Exact: the face CNN sees each frame on its
+    own, and the three rows share one audio window.
     """
     import onnxruntime as ort
 
@@ -203,23 +212,27 @@ def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
     audio, faces, presence = example_inputs(model, 3, CHECK_SEED + 3)
     crops = faces.reshape(-1, cfg.face_size, cfg.face_size, cfg.face_channels)
     _torch_to_onnx(FrameEncoder(model), paths["frames"], (crops[:4],), ("crops",), "embeddings")
+    _torch_to_onnx(AudioFeatures(model), paths["audio"], (audio[:2],), ("audio",), "audio_features")
     with torch.no_grad():
         emb = model.encode_frames(faces)
-    _torch_to_onnx(Head(model), paths["head"], (audio[:2], emb[:2], presence[:2]),
-                   ("audio", "frame_embeddings", "presence"), OUTPUT_NAME)
+        feats = model.audio_frontend(audio)
+    _torch_to_onnx(Head(model), paths["head"], (feats[:2], emb[:2], presence[:2]),
+                   ("audio_features", "frame_embeddings", "presence"), OUTPUT_NAME)
     for part, path in paths.items():
         _write_metadata(path, {**metadata, "part": part, "full_model": out.name})
         onnx.checker.check_model(str(path), full_check=True)
-    frames = ort.InferenceSession(str(paths["frames"]), providers=["CPUExecutionProvider"])
-    head = ort.InferenceSession(str(paths["head"]), providers=["CPUExecutionProvider"])
-    got_emb = frames.run(None, {"crops": crops.numpy()})[0].reshape(emb.shape)
-    got = head.run(None, {"audio": audio.numpy(), "frame_embeddings": got_emb, "presence": presence.numpy()})[0]
+    sessions = {part: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for part, path in paths.items()}
+    got_emb = sessions["frames"].run(None, {"crops": crops.numpy()})[0].reshape(emb.shape)
+    got_feats = sessions["audio"].run(None, {"audio": audio.numpy()})[0]
+    got = sessions["head"].run(None, {"audio_features": got_feats, "frame_embeddings": got_emb,
+                                      "presence": presence.numpy()})[0]
     with torch.no_grad():
         expected = model(audio, faces, presence).numpy()
     diff = float(np.abs(got - expected).max())
     if not diff <= FP32_TOLERANCE:
-        raise ExportCheckError(f"{out}: the split encoder + head differ from the full model by {diff:.2e} "
-                               f"(tolerance {FP32_TOLERANCE:.0e})")
+        raise ExportCheckError(f"{out}: the split encoder, audio features and head differ from the full model by "
+                               f"{diff:.2e} (tolerance {FP32_TOLERANCE:.0e})")
     return {"files": [p.name for p in paths.values()], "max_abs_diff_vs_full": diff, "tolerance": FP32_TOLERANCE}
 
 
@@ -260,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-json", type=Path, help="avtca-eval JSON to record as the model's evaluation")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --init")
     parser.add_argument("--no-split", action="store_true",
-                        help="skip the per-frame encoder and head files the app uses for cheap ticks")
+                        help="skip the per-frame encoder, audio features and head files the app uses for cheap ticks")
     args = parser.parse_args(argv)
 
     evaluation = json.loads(args.eval_json.read_text()) if args.eval_json else None
@@ -282,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, preset {meta['preset']}, "
           f"{'trained' if meta['trained'] else 'UNTRAINED'}); ONNX Runtime vs PyTorch on {v['inputs']} inputs: {figure}")
     if "split" in meta:
-        print(f"wrote {', '.join(meta['split']['files'])}: encoder + head vs full model, max |diff| "
+        print(f"wrote {', '.join(meta['split']['files'])}: the three parts vs the full model, max |diff| "
               f"{meta['split']['max_abs_diff_vs_full']:.1e}")
     return 0
 

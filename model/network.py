@@ -93,9 +93,15 @@ class AVTCA(nn.Module):
     def logits_from_embeddings(self, audio: torch.Tensor, frame_emb: torch.Tensor,
                                presence: torch.Tensor) -> torch.Tensor:
         """(B, samples), (B, T, embed), (B, 2) -> (B, classes) logits: everything after the per-frame CNN."""
+        return self.logits_from_features(self.audio_frontend(audio), frame_emb, presence)
+
+    def logits_from_features(self, audio_features: torch.Tensor, frame_emb: torch.Tensor,
+                             presence: torch.Tensor) -> torch.Tensor:
+        """(B, F, N) front-end features, (B, T, embed), (B, 2) -> (B, classes) logits: everything after the two
+        per-input front ends (the audio features and the per-frame CNN)."""
         voice_w = presence[:, 0, None, None]
         face_w = presence[:, 1, None, None]
-        a = self.audio_frontend(audio) * voice_w  # (B, F, N)
+        a = audio_features * voice_w  # (B, F, N)
         v = (frame_emb * face_w).transpose(1, 2)  # (B, embed, T)
         a = self.audio_stage1(a)  # (B, a1, La)
         v = self.video_stage1(v)  # (B, t0, T)

@@ -133,3 +133,48 @@ def test_bad_model_files_each_get_one_clear_error(live_onnx: Path, tmp_path: Pat
         text = str(err.value)
         assert message in text and str(path) in text
         assert "\n" not in text
+
+
+def test_split_parts_reproduce_the_full_model_and_belong_to_it(tmp_path: Path):
+    from avtca.app.modelfile import open_split
+    from avtca.model.export import export
+
+    model = fresh_live_model()
+    out = tmp_path / "live.onnx"
+    meta = export(model, out, training=None, split=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.audio.onnx", "live.frames.onnx", "live.head.onnx",
+                                                          "live.onnx"]
+    assert meta["split"]["max_abs_diff_vs_full"] <= FP32_TOLERANCE
+    info = read_model_info(out)
+    split, why_not = open_split(out, info)
+    assert why_not is None
+    frames, audio_features, head = split
+    audio, faces, presence = example_inputs(model, 4, seed=7)
+    cfg = model.cfg
+    emb = frames.run(None, {"crops": faces.reshape(-1, cfg.face_size, cfg.face_size, 1).numpy()})[0]
+    feats = audio_features.run(None, {"audio": audio.numpy()})[0]
+    assert feats.shape == (4, cfg.n_mels, 1 + (cfg.window_samples - cfg.n_fft) // cfg.hop_length)
+    got = head.run(None, {"audio_features": feats, "frame_embeddings": emb.reshape(4, cfg.frames, -1),
+                          "presence": presence.numpy()})[0]
+    with torch.no_grad():
+        expected = model(audio, faces, presence).numpy()
+    assert np.abs(got - expected).max() <= FP32_TOLERANCE
+
+    # A part from other weights is refused with a reason, and the app falls back to the full model.
+    torch.manual_seed(1)
+    other = tmp_path / "other" / "live.onnx"
+    export(AVTCA(preset("live")), other, training=None, split=True)
+    (tmp_path / "live.audio.onnx").write_bytes((other.parent / "live.audio.onnx").read_bytes())
+    split, why_not = open_split(out, info)
+    assert split is None and why_not == "live.audio.onnx does not belong to live.onnx (different weights)"
+    (tmp_path / "live.audio.onnx").unlink()
+    assert open_split(out, info) == (None, "no live.audio.onnx beside the model")
+
+
+def test_int8_leaves_the_audio_front_end_in_float(live_onnx: Path):
+    from avtca.model.export import _frontend_nodes
+
+    names = set(_frontend_nodes(live_onnx))
+    ops = [n.op_type for n in onnx.load(str(live_onnx)).graph.node if n.name in names]
+    # The windowed DFT (a Conv), the power, the mel filters and the DCT (two MatMuls) and the log between them.
+    assert "Conv" in ops and "Log" in ops and ops.count("MatMul") == 2

@@ -107,3 +107,18 @@ def test_import_live_without_display_runs_headless(tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
     assert "no display found" in result.stderr
     assert len(out.read_text().splitlines()) > 10
+
+
+def test_split_model_ticks_equal_the_full_model(tmp_path):
+    """The app's cheap ticks (crops encoded once, audio features once, the head on three rows) are exact."""
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
+    (tmp_path / "split").mkdir()
+    _, split = run_headless(tmp_path / "split", clip)
+    _, full = run_headless(tmp_path, clip, "--full-model")
+    assert len(split) == len(full) > 10
+    for a, b in zip(split, full):
+        assert "encode" in a["latency_ms"] and "encode" not in b["latency_ms"]  # the split parts were used
+        assert (a["face_present"], a["voice_active"]) == (b["face_present"], b["voice_active"])
+        for key in ("fused", "voice", "face"):
+            if a[key] is not None:
+                assert a[key] == pytest.approx(b[key], abs=1e-4)
