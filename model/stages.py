@@ -181,8 +181,8 @@ class VoiceHead(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         cfg = self.model.cfg
         b = audio.shape[0]
-        empty = torch.zeros(b, cfg.frames, self.model.face_encoder.out_features)
-        presence = torch.tensor([[1.0, 0.0]]).expand(b, 2)
+        empty = audio.new_zeros(b, cfg.frames, self.model.face_encoder.out_features)
+        presence = audio.new_tensor([[1.0, 0.0]]).expand(b, 2)
         return self.model.logits_from_embeddings(audio, empty, presence)
 
 

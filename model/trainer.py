@@ -98,6 +98,21 @@ class Stage:
     steps_per_epoch: int
 
 
+def to_device(batch: tuple, device: str) -> tuple:
+    """The tensors of a batch on `device` (other entries, e.g. None, as they are)."""
+    if device == "cpu":
+        return batch
+    return tuple(b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)
+
+
+def _validate_on_cpu(stage: Stage, module: nn.Module, device: str) -> dict:
+    module.to("cpu")
+    try:
+        return stage.validate()
+    finally:
+        module.to(device)
+
+
 def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device: str = "cpu",
         autocast_bf16: bool = False, resume: bool = True, log: Callable[[str], None] = print,
         progress: bool = True) -> dict:
@@ -105,6 +120,9 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
     from tqdm import tqdm
 
     rank, world = init_distributed(device)
+    if device == "cuda":  # one GPU per process under torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = stage.module.to(device)
@@ -141,7 +159,8 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
             for group in optimizer.param_groups:
                 group["lr"] = group.setdefault("base_lr", optim.lr) * lr_factor(
                     optim, epoch + step / max(stage.steps_per_epoch // world, 1), epochs)
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast_bf16):
+            batch = to_device(batch, device)
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast_bf16):
                 loss, logits, targets = stage.loss(train_module, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -155,7 +174,8 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
         if world > 1:
             average_buffers(module, world)
         module.eval()
-        metrics = stage.validate()
+        # Validation functions hold their data on the CPU; the module visits it there.
+        metrics = stage.validate() if device == "cpu" else _validate_on_cpu(stage, module, device)
         record = {"epoch": epoch + 1, "train_loss": total_loss / max(total_n, 1),
                   "train_accuracy": total_correct / max(total_n, 1), "val_accuracy": metrics["accuracy"],
                   "val_uar": metrics["uar"], "val_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}
