@@ -206,8 +206,16 @@ class FusionHead(nn.Module):
             p.requires_grad_(False)
         model.audio_frontend.spec_augment = SPEC_AUGMENT
 
-    def forward(self, audio: torch.Tensor, emb: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        return self.model.logits_from_embeddings(audio, emb, presence)
+    def forward(self, audio: torch.Tensor, emb: torch.Tensor, presence: torch.Tensor,
+                extra_faces: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for the rows of (audio, emb, presence), then for `extra_faces` (E, T, embed) as face-only rows
+        (their audio features are exact zeros, as a missing voice makes them)."""
+        feats = self.model.audio_frontend(audio)
+        if extra_faces is not None and len(extra_faces):
+            feats = torch.cat([feats, feats.new_zeros(len(extra_faces), *feats.shape[1:])])
+            emb = torch.cat([emb, extra_faces])
+            presence = torch.cat([presence, presence.new_tensor([[0.0, 1.0]]).expand(len(extra_faces), 2)])
+        return self.model.logits_from_features(feats, emb, presence)
 
 
 @dataclass
@@ -225,8 +233,11 @@ def clip_from_views(views: np.ndarray, frames: int, g: torch.Generator) -> torch
     return torch.from_numpy(views[pick].astype(np.float32))
 
 
-def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
-                 seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int, seed: int,
+                 extra_faces: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches of same-label (voice, face) pairs, each four times over with the modality dropout presences,
+    plus `extra_faces` face-only clips of any training faces: the faces paired with voices are few (a few
+    thousand per epoch), and without the extras the face path forgets what the face CNN knew."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     rng = np.random.default_rng(seed * 1000 + epoch)
@@ -241,12 +252,22 @@ def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
         emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in fi])
         presence = softhard(len(vi), g)
         y = torch.from_numpy(data.voice.train_y[vi])
-        yield audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4)
+        extra = rng.integers(0, len(data.face_y), extra_faces)
+        extra_emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in extra]) if extra_faces \
+            else None
+        yield (audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4), extra_emb,
+               torch.from_numpy(data.face_y[extra]))
 
 
 def fusion_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    audio, emb, presence, y = batch
-    logits = module(audio, emb, presence).float()
+    """Cross-entropy on (audio, faces, presence, y) batches, optionally followed by (extra face-only clips, their y)."""
+    audio, emb, presence, y, *extra = batch
+    extra_emb, extra_y = extra if extra else (None, None)
+    if extra_emb is not None:
+        logits = module(audio, emb, presence, extra_emb).float()
+        y = torch.cat([y, extra_y])
+    else:
+        logits = module(audio, emb, presence).float()
     return F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING), logits.detach(), y
 
 

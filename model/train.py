@@ -233,7 +233,7 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         val_emb = frame_embeddings(model, faces.val, 1, seed)[:, 0]
         data = PairData(voices, emb, faces.train_y, val_emb, faces.val_y)
         module = FusionHead(model)
-        return Stage("fusion", module, lambda e: pair_batches(data, model, args.pairs_per_voice, e, seed), fusion_loss,
+        return Stage("fusion", module, lambda e: pair_batches(data, model, args.pairs_per_voice, e, seed, args.extra_faces), fusion_loss,
                      lambda: fusion_validate(module, data, seed), None, cfg.labels,
                      max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)), {**face_info, **voice_info}
     if args.stage == "av":
@@ -314,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--milestones", help="step decay x0.1 at these epochs, e.g. 40,55,65,70 (default cosine)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--pairs-per-voice", type=int, default=4, help="fusion: face pairings per voice clip per epoch")
+    p.add_argument("--extra-faces", type=int, default=0,
+                   help="fusion: face-only clips of any training face added to each batch of pairs")
     p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
     p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
     p.add_argument("--seed", type=int, default=0)

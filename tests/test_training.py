@@ -46,8 +46,8 @@ def recipe(tmp_path_factory, cache) -> dict[str, Path]:
     assert train.main(["--stage", "voice", "--init", str(out / "face" / "best.pt"), "--voice", f"ravdess={voices}",
                        "--out", str(out / "voice"), *common]) == 0
     assert train.main(["--stage", "fusion", "--init", str(out / "voice" / "best.pt"), "--faces", f"fer2013={fer}",
-                       "--voice", f"ravdess={voices}", "--pairs-per-voice", "1", "--out", str(out / "fusion"),
-                       *common]) == 0
+                       "--voice", f"ravdess={voices}", "--pairs-per-voice", "1", "--extra-faces", "16",
+                       "--out", str(out / "fusion"), *common]) == 0
     return {"face": out / "face", "voice": out / "voice", "fusion": out / "fusion", "fer": fer, "voices": voices}
 
 
@@ -120,3 +120,27 @@ def test_ddp_two_gloo_processes_stay_in_lockstep(recipe, tmp_path):
     assert sorted(r for r, _ in digests) == ["0", "1"]
     assert digests[0][1] == digests[1][1]
     assert (tmp_path / "ddp" / "best.pt").is_file()
+
+
+def test_extra_face_only_rows_are_the_models_face_only_output():
+    """The fusion stage's extra face-only clips score exactly as the network does with the voice marked missing."""
+    from avtca.model.config import preset
+    from avtca.model.network import AVTCA
+    from avtca.model.stages import FusionHead
+
+    torch.manual_seed(0)
+    model = AVTCA(preset("live")).eval()
+    head = FusionHead(model).eval()
+    cfg = model.cfg
+    audio = torch.randn(2, cfg.window_samples) * 0.1
+    emb = torch.randn(2, cfg.frames, model.face_encoder.out_features)
+    extra = torch.randn(3, cfg.frames, model.face_encoder.out_features)
+    presence = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    with torch.no_grad():
+        logits = head(audio, emb, presence, extra)
+        expected_pairs = model.logits_from_embeddings(audio, emb, presence)
+        loud = torch.randn(3, cfg.window_samples)  # any audio: a missing voice is exact zeros inside
+        expected_extra = model.logits_from_embeddings(loud, extra, torch.tensor([[0.0, 1.0]]).expand(3, 2))
+    assert logits.shape == (5, cfg.num_classes)
+    assert torch.allclose(logits[:2], expected_pairs, atol=1e-5)
+    assert torch.allclose(logits[2:], expected_extra, atol=1e-5)
