@@ -92,7 +92,8 @@ def training_section(meta: dict, runs: Path | None) -> str:
                              f"{seconds / 60:.1f} min of epoch time, best validation epoch {stage.get('best_epoch')}")
     if total:
         lines.append(f"- Training time on this machine ({cpu_name()}, {os.cpu_count()} cores, CPU only; sum of epoch "
-                     f"times, data decoding and caching not included): {total / 60:.0f} min")
+                     f"times as they ran, slowed by any other work on the machine then; data decoding and caching not "
+                     f"included): {total / 60:.0f} min")
     lines.append(f"- git commit {training.get('git_commit')}, {training.get('date')}, torch {training.get('torch')}")
     return "\n".join(lines)
 
