@@ -83,8 +83,7 @@ class Runner:
         self.error: str | None = None
 
     def _emit(self, t: float) -> None:
-        realtime = not (isinstance(self.source, FileSource) and not self.source.realtime)
-        result = self.engine.tick(t, self.source.audio, self.source.clock if realtime else None)
+        result = self.engine.tick(t, self.source.audio, self.source.clock if self.source.realtime else None)
         self.stats.add(result)
         self.on_result(result)
 

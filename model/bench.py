@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
+from .card import cpu_name
 from .config import preset
 from .export import Head, example_inputs, export
 from .network import AVTCA, count_parameters
@@ -210,14 +210,8 @@ def bench_training(name: str, steps: int, batch: int, out: dict, log, device: st
 def environment(threads: int) -> dict:
     import onnxruntime as ort
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"env.cpu": cpu, "env.cpu_count": os.cpu_count(), "env.threads": threads, "env.python": sys.version.split()[0],
-            "env.torch": torch.__version__, "env.onnxruntime": ort.__version__, "env.numpy": np.__version__,
+    return {"env.cpu": cpu_name(), "env.cpu_count": os.cpu_count(), "env.threads": threads,
+            "env.python": sys.version.split()[0], "env.torch": torch.__version__, "env.onnxruntime": ort.__version__, "env.numpy": np.__version__,
             "env.provider": "CPUExecutionProvider", "env.cuda": torch.cuda.is_available()}
 
 

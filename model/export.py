@@ -35,7 +35,6 @@ MISSING_MODALITY = ("presence[:, 0] weights the voice and presence[:, 1] the fac
                     "modality is multiplied to exact zeros inside the network, whatever its input holds")
 
 
-
 class ExportCheckError(RuntimeError):
     """The exported file does not reproduce the PyTorch model."""
 

@@ -211,7 +211,7 @@ class FusionHead(nn.Module):
         """Logits for the rows of (audio, emb, presence), then for `extra_faces` (E, T, embed) as face-only rows
         (their audio features are exact zeros, as a missing voice makes them)."""
         feats = self.model.audio_frontend(audio)
-        if extra_faces is not None and len(extra_faces):
+        if extra_faces is not None:
             feats = torch.cat([feats, feats.new_zeros(len(extra_faces), *feats.shape[1:])])
             emb = torch.cat([emb, extra_faces])
             presence = torch.cat([presence, presence.new_tensor([[0.0, 1.0]]).expand(len(extra_faces), 2)])
@@ -252,18 +252,19 @@ def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
         emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in fi])
         presence = softhard(len(vi), g)
         y = torch.from_numpy(data.voice.train_y[vi])
-        extra = rng.integers(0, len(data.face_y), extra_faces)
-        extra_emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in extra]) if extra_faces \
-            else None
-        yield (audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4), extra_emb,
-               torch.from_numpy(data.face_y[extra]))
+        batch = (audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4))
+        if extra_faces:
+            extra = rng.integers(0, len(data.face_y), extra_faces)
+            extra_emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in extra])
+            batch += (extra_emb, torch.from_numpy(data.face_y[extra]))
+        yield batch
 
 
 def fusion_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cross-entropy on (audio, faces, presence, y) batches, optionally followed by (extra face-only clips, their y)."""
     audio, emb, presence, y, *extra = batch
-    extra_emb, extra_y = extra if extra else (None, None)
-    if extra_emb is not None:
+    if extra:
+        extra_emb, extra_y = extra
         logits = module(audio, emb, presence, extra_emb).float()
         y = torch.cat([y, extra_y])
     else:

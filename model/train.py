@@ -233,9 +233,12 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         val_emb = frame_embeddings(model, faces.val, 1, seed)[:, 0]
         data = PairData(voices, emb, faces.train_y, val_emb, faces.val_y)
         module = FusionHead(model)
-        return Stage("fusion", module, lambda e: pair_batches(data, model, args.pairs_per_voice, e, seed, args.extra_faces), fusion_loss,
-                     lambda: fusion_validate(module, data, seed), None, cfg.labels,
-                     max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)), {**face_info, **voice_info}
+
+        def batches(epoch: int):
+            return pair_batches(data, model, args.pairs_per_voice, epoch, seed, args.extra_faces)
+
+        return Stage("fusion", module, batches, fusion_loss, lambda: fusion_validate(module, data, seed), None,
+                     cfg.labels, max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)), {**face_info, **voice_info}
     if args.stage == "av":
         data, info = clip_data(args, cfg)
         module = FullModel(model)
