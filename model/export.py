@@ -138,14 +138,15 @@ def _write_metadata(path: Path, metadata: dict) -> None:
 
 def _frontend_nodes(path: Path) -> list[str]:
     """Names of the nodes that compute the audio front end, which int8 must not touch (power spans 1e-12..1e4):
-    everything downstream of the audio input up to (and including) the MatMuls of the mel filters and the DCT."""
+    everything downstream of the audio input up to (and including) its four MatMuls: the two DFT stages, the
+    mel filters and the DCT."""
     graph = onnx.load(str(path)).graph
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     excluded, frontier, matmuls = [], ["audio"], 0
-    while frontier and matmuls < 2:
+    while frontier and matmuls < 4:
         nxt = []
         for tensor in frontier:
             for node in consumers.get(tensor, []):

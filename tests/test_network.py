@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from avtca.model.config import AVTCAConfig, preset
-import torch.nn.functional as F
-
-from avtca.model.frontend import AudioFrontEnd, num_audio_frames
+from avtca.model.frontend import LOG_FLOOR, NORM_EPS, AudioFrontEnd, num_audio_frames
 from avtca.model.network import AVTCA
 
 
@@ -33,9 +31,15 @@ def test_frontend_spectrum_is_torch_stft(name):
     pcm = torch.randn(2, cfg.window_samples) * 0.1
     spec = torch.stft(pcm, cfg.n_fft, cfg.hop_length, window=torch.hann_window(cfg.n_fft), center=False,
                       return_complex=True).abs().pow(2)
-    power = F.conv1d(pcm[:, None], fe.dft, stride=cfg.hop_length)
-    power = power[:, :fe.n_bins].pow(2) + power[:, fe.n_bins:].pow(2)
+    power = fe.power(pcm)
     torch.testing.assert_close(power, spec, rtol=1e-4, atol=1e-4 * float(spec.max()))
+    # the features read the same spectrum through the mel matrix in the DFT's own order
+    log_mel = torch.log(torch.matmul(fe.mel, spec) + LOG_FLOOR)
+    feats = torch.matmul(fe.dct, log_mel)
+    if cfg.normalise_audio:
+        mean = feats.mean(2, keepdim=True)
+        feats = (feats - mean) / ((feats - mean).pow(2).mean(2, keepdim=True).sqrt() + NORM_EPS)
+    torch.testing.assert_close(fe(pcm), feats, rtol=1e-4, atol=1e-4)
     # log-mel of digital silence is finite and normalises to zeros
     silent = fe(torch.zeros(1, cfg.window_samples))
     assert torch.isfinite(silent).all()
