@@ -207,6 +207,35 @@ def bench_training(name: str, steps: int, batch: int, out: dict, log, device: st
     log(f"{name} training on {device}: {out[f'{name}.train.{device}.clips_per_second']} clips/s (batch {batch})")
 
 
+def bench_face_training(steps: int, out: dict, log) -> None:
+    """Images per second of the face stage (the per-frame CNN on single 48x48 images, batch 128, channels-last,
+    as `avtca-train --stage face` runs it), fp32 and bf16 autocast, for the live preset's fused inverted residual
+    units and for the same widths with depthwise units (the paper's kind)."""
+    from .stages import FACE_BATCH, FrameClassifier
+
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    for variant, fused in (("live", True), ("live_depthwise", False)):
+        torch.manual_seed(0)
+        module = FrameClassifier(AVTCA(preset("live", video_fused=fused))).to(memory_format=torch.channels_last)
+        module.train()
+        opt = torch.optim.AdamW(module.parameters(), 1e-3)
+        pixels = (torch.rand(FACE_BATCH, 1, 48, 48) * 255).contiguous(memory_format=torch.channels_last)
+        y = torch.zeros(FACE_BATCH, dtype=torch.long)
+        for precision in ("fp32", "bf16") if bf16 else ("fp32",):
+            def step():
+                with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                    logits = module(pixels)
+                loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            s = time_calls(step, steps, 1)
+            key = f"{variant}.train_face.cpu.{precision}.images_per_second"
+            out[key] = round(FACE_BATCH / (s["median_ms"] / 1000), 1)
+            log(f"{variant} face stage on cpu, {precision}: {out[key]} images/s (batch {FACE_BATCH})")
+
+
 def environment(threads: int) -> dict:
     import onnxruntime as ort
 
@@ -252,6 +281,10 @@ MARKDOWN_ROWS = [
      "pipeline.realtime.demo.cpu_seconds_per_second"),
     ("training on CPU, clips/s: live (batch 32) / paper (batch 4)", "live.train.cpu.clips_per_second",
      "paper.train.cpu.clips_per_second"),
+    ("face stage on CPU, images/s, fp32 / bf16: live (fused units)", "live.train_face.cpu.fp32.images_per_second",
+     "live.train_face.cpu.bf16.images_per_second"),
+    ("face stage on CPU, images/s, fp32 / bf16: same widths, depthwise units",
+     "live_depthwise.train_face.cpu.fp32.images_per_second", "live_depthwise.train_face.cpu.bf16.images_per_second"),
 ]
 
 
@@ -300,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"pipeline on {label}: skipped, {clip} is not here")
         bench_training("live", 5, 32, out, log)
         bench_training("paper", 2, 4, out, log)
+        bench_face_training(5, out, log)
         if torch.cuda.is_available():
             bench_training("live", 10, 32, out, log, "cuda")
             bench_training("paper", 10, 8, out, log, "cuda")

@@ -47,6 +47,10 @@ class AVTCAConfig:
     it_heads: int  # intermediate transformer heads (IT-1, IT-4, ...)
     ct_heads: int  # cross-attention heads (CT-1, CT-4, ...)
     mlp_ratio: int = 2
+    video_fused: bool = False  # dense 3x3 convolutions in the inverted residual units instead of depthwise ones
+    # At inference, each frame's embedding is the mean of the embeddings of the crop and its mirror image
+    # (the face stage trains with random flips); twice the per-frame cost, nothing in training.
+    face_flip_average: bool = False
     dropout: float = 0.1
     notes: tuple[str, ...] = field(default_factory=tuple)
 

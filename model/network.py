@@ -40,14 +40,22 @@ class FaceEncoder(nn.Module):
         self.stem = nn.Sequential(conv_bn(cfg.face_channels, w[0], 3, cfg.stem_stride),
                                   nn.MaxPool2d(3, cfg.stem_pool_stride, padding=1))
         self.local = LocalFeatureExtractor(w[0], w[1])
-        self.stage2 = inverted_residual_stage(w[0], w[1], r[0])
+        self.stage2 = inverted_residual_stage(w[0], w[1], r[0], cfg.video_fused)
         self.modulator = Modulator(w[1])
-        self.stage3 = inverted_residual_stage(w[1], w[2], r[1])
-        self.stage4 = inverted_residual_stage(w[2], w[3], r[2])
+        self.stage3 = inverted_residual_stage(w[1], w[2], r[1], cfg.video_fused)
+        self.stage4 = inverted_residual_stage(w[2], w[3], r[2], cfg.video_fused)
         self.conv5 = conv_bn(w[3], w[4], 1)
         self.out_features = w[4]
+        self.flip_average = cfg.face_flip_average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_average and not self.training:
+            n = x.shape[0]
+            both = self.embed(torch.cat((x, x.flip(3)), dim=0))
+            return (both[:n] + both[n:]) * 0.5
+        return self.embed(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (N, w0, H/s, W/s)
         x = self.modulator(self.stage2(x)) + self.local(x)  # (N, w1, H/2s, W/2s)
         x = self.stage4(self.stage3(x))  # (N, w3, H/8s, W/8s)

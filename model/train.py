@@ -193,12 +193,18 @@ def build_model(args) -> tuple[AVTCA, dict]:
     if args.init:
         model, state = load_checkpoint(args.init)
         log(f"starting from {args.init} (preset {model.cfg.preset})")
+        if args.flip_average and not model.cfg.face_flip_average:
+            model.cfg = model.cfg.replace(face_flip_average=True)
+            model.face_encoder.flip_average = True
+            log("face embeddings at inference: mean of each crop and its mirror image (--flip-average)")
         return model.train(), (state.get("training") or {})
     overrides = {}
     if args.it_heads:
         overrides["it_heads"] = args.it_heads
     if args.ct_heads:
         overrides["ct_heads"] = args.ct_heads
+    if args.flip_average:
+        overrides["face_flip_average"] = True
     torch.manual_seed(args.seed)
     return AVTCA(preset(args.preset, **overrides)), {}
 
@@ -321,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
                    help="fusion: face-only clips of any training face added to each batch of pairs")
     p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
     p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
+    p.add_argument("--flip-average", action="store_true",
+                   help="at inference, average each face crop's embedding with its mirror image's (kept in the "
+                        "checkpoint and the export; twice the per-frame cost)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

@@ -179,3 +179,21 @@ def test_int8_leaves_the_audio_front_end_in_float(live_onnx: Path):
     # The windowed two-stage DFT, the power, the mel filters and the DCT (four MatMuls) and the log between them;
     # nothing of the face CNN.
     assert "Log" in ops and ops.count("MatMul") == 4 and "Conv" not in ops
+
+
+def test_flip_average_is_in_the_exported_frame_encoder(tmp_path: Path):
+    from avtca.app.modelfile import open_split
+    from avtca.model.export import export
+
+    torch.manual_seed(0)
+    model = AVTCA(preset("live", face_flip_average=True)).eval()
+    out = tmp_path / "live.onnx"
+    export(model, out, training=None, split=True)
+    info = read_model_info(out)
+    (frames, _, _), why_not = open_split(out, info)
+    assert why_not is None
+    crops = np.random.default_rng(3).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+    e = frames.run(None, {"crops": crops})[0]
+    e_mirror = frames.run(None, {"crops": np.ascontiguousarray(crops[:, :, ::-1])})[0]
+    assert np.abs(e - e_mirror).max() <= 1e-4 * np.abs(e).max()
+    assert json.loads(onnx.load(str(out)).metadata_props[0].value)["config"]["face_flip_average"] is True

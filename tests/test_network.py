@@ -103,6 +103,23 @@ def test_presets_match_the_issue():
         preset("huge")
 
 
+def test_flip_average_gives_mirror_invariant_frame_embeddings():
+    torch.manual_seed(0)
+    encoder = AVTCA(preset("live", face_flip_average=True)).face_encoder.eval()
+    x = torch.rand(4, 1, 48, 48) * 2 - 1
+    with torch.no_grad():
+        e, mirrored = encoder(x), encoder(x.flip(3))
+        tol = 1e-5 * float(e.abs().max())  # a fresh network's embeddings are small
+        torch.testing.assert_close(e, mirrored, rtol=1e-4, atol=tol)
+        torch.testing.assert_close(e, (encoder.embed(x) + encoder.embed(x.flip(3))) / 2, rtol=1e-4, atol=tol)
+        assert (encoder.embed(x) - e).abs().max() > 1e3 * tol  # the crop alone is not mirror-invariant
+        encoder.train()  # training sees each crop once (random flips come from augmentation)
+        torch.manual_seed(1)
+        a = encoder(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(a, encoder.embed(x))
+
+
 @pytest.mark.parametrize("presence", [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
 def test_missing_modality_gives_finite_probabilities(presence):
     cfg = preset("live")
