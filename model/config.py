@@ -135,13 +135,14 @@ PRESETS: dict[str, AVTCAConfig] = {
         frames=8,
         face_size=48,
         face_channels=1,
-        video_widths=(48, 144, 288, 576, 512),
+        video_widths=(32, 128, 256, 512, 512),
         video_repeats=(3, 6, 3),
         stem_stride=1,
         stem_pool_stride=2,
         temporal_channels=(64, 128),
         it_heads=4,
         ct_heads=4,
+        video_fused=True,
     ),
 }
 
