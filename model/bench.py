@@ -240,7 +240,8 @@ def environment(threads: int) -> dict:
     import onnxruntime as ort
 
     return {"env.cpu": cpu_name(), "env.cpu_count": os.cpu_count(), "env.threads": threads,
-            "env.python": sys.version.split()[0], "env.torch": torch.__version__, "env.onnxruntime": ort.__version__, "env.numpy": np.__version__,
+            "env.python": sys.version.split()[0], "env.torch": torch.__version__, "env.onnxruntime": ort.__version__,
+            "env.numpy": np.__version__,
             "env.provider": "CPUExecutionProvider", "env.cuda": torch.cuda.is_available()}
 
 

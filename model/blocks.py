@@ -59,7 +59,8 @@ class InvertedResidual(nn.Module):
         half = c_out // 2
         if stride > 1:
             self.branch1 = (conv_bn(c_in, half, 3, stride) if fused else
-                            nn.Sequential(conv_bn(c_in, c_in, 3, stride, groups=c_in, relu=False), conv_bn(c_in, half, 1)))
+                            nn.Sequential(conv_bn(c_in, c_in, 3, stride, groups=c_in, relu=False),
+                                          conv_bn(c_in, half, 1)))
             branch2_in = c_in
         else:
             self.branch1 = nn.Identity()

@@ -119,7 +119,8 @@ def render(model: Path, eval_dir: Path, runs: Path | None) -> str:
 
 `exported/avtca.onnx`: AVT-CA (Venkatraman et al.), `{info.preset}` preset, {len(info.labels)} classes
 ({', '.join(info.labels)}); {info.frames} grayscale {info.face_size}x{info.face_size} face crops and
-{info.window_seconds:g} s of {info.sample_rate_hz} Hz mono audio per prediction. {face_cnn(meta["config"])} Weights SHA-256
+{info.window_seconds:g} s of {info.sample_rate_hz} Hz mono audio per prediction.
+{face_cnn(meta["config"])} Weights SHA-256
 `{meta['weights_sha256']}`. `avtca.frames.onnx`, `avtca.audio.onnx` and `avtca.head.onnx` beside it are the same weights
 split into the per-frame face encoder, the audio front end and the rest, for cheap live ticks.
 

@@ -110,7 +110,6 @@ class AudioFrontEnd(nn.Module):
         self.register_buffer("stage1_t", torch.from_numpy(stage1.T.copy()), persistent=False)
         self.register_buffer("stage2", torch.from_numpy(stage2), persistent=False)
         mel = mel_filterbank(cfg.sample_rate_hz, cfg.n_fft, cfg.n_mels)
-        self.register_buffer("mel", torch.from_numpy(mel), persistent=False)
         # The mel filters over the stage-2 output order (k1, k2) -> bin k1 + n1 * k2; bins past n_fft // 2 get 0.
         bins = (np.arange(self.n1)[:, None] + self.n1 * np.arange(self.k2_count)[None, :]).reshape(-1)
         mel_grid = np.where(bins[None, :] < self.n_bins, mel[:, np.minimum(bins, self.n_bins - 1)], 0.0)
@@ -127,30 +126,29 @@ class AudioFrontEnd(nn.Module):
         b = pcm.shape[0]
         used = (self.n_frames - 1) * self.hop_length + self.n_fft
         blocks = pcm[:, :used].reshape(b, used // self.block, self.block)
-        step, last = self.hop_length // self.block, (self.n_frames - 1) * (self.hop_length // self.block)
+        step = self.hop_length // self.block
+        last = (self.n_frames - 1) * step
         parts = [blocks[:, j:j + last + 1:step] for j in range(self.n_fft // self.block)]  # each (B, frames, block)
         return torch.stack(parts, dim=2).reshape(b, self.n_frames, self.n_fft) * self.window
 
-    def _spectrum(self, pcm: torch.Tensor) -> torch.Tensor:
-        """(B, samples) -> (B, n1, frames, 2 * K2): the stage-2 output, real parts then imaginary parts."""
+    def _power_grid(self, pcm: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> (B, n1, frames, K2) power at bin k1 + n1 * k2, in the DFT's own order."""
         b, n1, n2 = pcm.shape[0], self.n1, self.n2
         y = self.frames(pcm.float()).reshape(b, self.n_frames, n1, n2)  # sample n2 * i + j at [i, j]
         z = torch.matmul(self.stage1_t, y)  # (B, N, 2 n1, n2): real k1 rows, then imaginary k1 rows, per j
         # k1 becomes the batch axis of stage 2; each row of n2 samples moves whole (a cheap transpose).
         z = z.reshape(b, self.n_frames, 2, n1, n2).permute(0, 3, 1, 2, 4).reshape(b, n1, self.n_frames, 2 * n2)
-        return torch.matmul(z, self.stage2)  # (B, n1, N, 2 K2)
+        s = torch.matmul(z, self.stage2)  # (B, n1, N, 2 K2): real parts, then imaginary parts
+        return s[..., :self.k2_count].pow(2) + s[..., self.k2_count:].pow(2)
 
     def power(self, pcm: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> (B, n_fft // 2 + 1, frames) power spectrum in bin order (as |torch.stft|^2)."""
-        s = self._spectrum(pcm)
-        p = s[..., :self.k2_count].pow(2) + s[..., self.k2_count:].pow(2)  # (B, n1, N, K2)
-        p = p.permute(0, 3, 1, 2).reshape(pcm.shape[0], self.n1 * self.k2_count, self.n_frames)  # bin k1 + n1 k2
-        return p[:, :self.n_bins]
+        p = self._power_grid(pcm).permute(0, 3, 1, 2)  # (B, K2, n1, N): bin k1 + n1 k2 at [k2, k1]
+        return p.reshape(pcm.shape[0], self.n1 * self.k2_count, self.n_frames)[:, :self.n_bins]
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
-        s = self._spectrum(pcm)
-        power = s[..., :self.k2_count].pow(2) + s[..., self.k2_count:].pow(2)  # (B, n1, N, K2)
-        power = power.transpose(1, 2).reshape(pcm.shape[0], self.n_frames, self.n1 * self.k2_count)
+        power = self._power_grid(pcm).transpose(1, 2)  # (B, N, n1, K2)
+        power = power.reshape(pcm.shape[0], self.n_frames, self.n1 * self.k2_count)
         log_mel = torch.log(torch.matmul(power, self.mel_grid) + LOG_FLOOR).transpose(1, 2)  # (B, mels, N)
         feats = torch.matmul(self.dct, log_mel)  # (B, features, N)
         if self.normalise:

@@ -243,8 +243,9 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         def batches(epoch: int):
             return pair_batches(data, model, args.pairs_per_voice, epoch, seed, args.extra_faces)
 
+        steps = max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)
         return Stage("fusion", module, batches, fusion_loss, lambda: fusion_validate(module, data, seed), None,
-                     cfg.labels, max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)), {**face_info, **voice_info}
+                     cfg.labels, steps), {**face_info, **voice_info}
     if args.stage == "av":
         data, info = clip_data(args, cfg)
         module = FullModel(model)

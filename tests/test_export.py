@@ -27,7 +27,8 @@ def test_single_file_dynamic_batch_and_opset(live_onnx: Path):
     proto = onnx.load(str(live_onnx))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     first = [n for n in proto.graph.node if "audio" in n.input]
-    assert first and first[0].op_type in ("Unsqueeze", "Reshape", "Cast", "Conv", "Slice")  # the front end is in the graph
+    # the front end is in the graph
+    assert first and first[0].op_type in ("Unsqueeze", "Reshape", "Cast", "Conv", "Slice")
     for inp in proto.graph.input:
         assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
 
