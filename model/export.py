@@ -26,6 +26,7 @@ from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_N
 from .checkpoint import git_commit, load_checkpoint, weights_sha256
 from .config import PRESETS, preset
 from .network import AVTCA
+from .packed import inference_form
 
 OPSET = 18
 FP32_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over the check inputs, probabilities in [0, 1]
@@ -211,7 +212,7 @@ def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
     cfg = model.cfg
     audio, faces, presence = example_inputs(model, 3, CHECK_SEED + 3)
     crops = faces.reshape(-1, cfg.face_size, cfg.face_size, cfg.face_channels)
-    _torch_to_onnx(FrameEncoder(model), paths["frames"], (crops[:4],), ("crops",), "embeddings")
+    _torch_to_onnx(FrameEncoder(inference_form(model)), paths["frames"], (crops[:4],), ("crops",), "embeddings")
     _torch_to_onnx(AudioFeatures(model), paths["audio"], (audio[:2],), ("audio",), "audio_features")
     with torch.no_grad():
         emb = model.encode_frames(faces)
@@ -245,7 +246,7 @@ def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict |
     metadata = build_metadata(model, training, evaluation, int8)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        _torch_to_onnx(model, fp32)
+        _torch_to_onnx(inference_form(model), fp32)
         _write_metadata(fp32, metadata)
         staged = fp32
         if int8:

@@ -1,0 +1,313 @@
+"""The face CNN rewritten for inference: the same function, laid out for ONNX Runtime's blocked convolutions.
+
+ONNX Runtime runs convolutions fastest in its blocked channel layout (NCHWc, 16 channels per block on AVX-512),
+and only where channel counts fit that layout; every Split, Concat and Transpose in between forces a conversion
+back to plain NCHW and another copy. The ShuffleNetV2 units of the face CNN have both problems: widths such as
+29, 58 and 116, and per unit a Split, a Concat and a channel shuffle (Reshape-Transpose-Reshape).
+
+`PackedFaceEncoder` computes exactly what `FaceEncoder` computes (to float rounding), with:
+- BatchNorm folded into each convolution's weights and bias;
+- every width zero-padded to a multiple of 16 (padded channels hold exact zeros throughout);
+- no Split, Concat or shuffle. A unit's tensor keeps each channel at a fixed physical position and the
+  shuffles become bookkeeping (`pos`: logical channel -> physical position), absorbed into the weights:
+  a stride-1 unit's branch reads its half from the whole tensor (zero weights for the other half), writes
+  its output where that half was, and the untouched half is carried by a per-channel 0/1 mask added before
+  the final ReLU. Inputs of every unit are ReLU outputs (>= 0) and the two parts never overlap, so
+  relu(branch + kept) equals concat(kept, relu(branch)) channel by channel. A stride-2 unit's two branches
+  each write their own positions and are summed;
+- the pixel scaling x * 2/255 - 1 folded into the stem: (x - 127.5) times scaled weights, which keeps the
+  zero padding of the stem convolution exact.
+
+The first unit of a stage picks its output positions so that after the stage's shuffles every logical
+channel is back at its own index: stages hand over tensors in logical order (which the local feature
+extractor's grouped convolution needs, and which keeps each stage independent of the others).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import InvertedResidual
+from .network import AVTCA, FaceEncoder
+
+BLOCK = 16  # channels per block of ONNX Runtime's NCHWc layout on AVX-512
+
+
+def padded(channels: int) -> int:
+    return -(-channels // BLOCK) * BLOCK
+
+
+def shuffle_source(channels: int) -> np.ndarray:
+    """For channel_shuffle(x, 2): output channel k comes from input channel shuffle_source(c)[k]."""
+    half = channels // 2
+    k = np.arange(channels)
+    return (k % 2) * half + k // 2
+
+
+def _fold(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor, nn.Conv2d, bool]:
+    """conv_bn(...) -> (weight, bias) with the BatchNorm folded in, the conv (for its geometry), has ReLU."""
+    conv, bn = seq[0], seq[1]
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    return weight.detach(), bias.detach(), conv, len(seq) > 2
+
+
+class PlacedConv(nn.Module):
+    """A folded convolution with its rows and columns placed at physical channel positions of padded tensors."""
+
+    def __init__(self, seq: nn.Sequential, rows: np.ndarray, out_width: int, cols: np.ndarray | None,
+                 in_width: int, input_scale: float = 1.0):
+        super().__init__()
+        weight, bias, conv, self.relu = _fold(seq)
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        rows_t = torch.as_tensor(rows, dtype=torch.long)
+        if conv.groups == 1:
+            self.groups = 1
+            w = weight.new_zeros(out_width, in_width, *weight.shape[2:])
+            w[rows_t[:, None], torch.as_tensor(cols, dtype=torch.long)[None, :]] = weight * input_scale
+        elif conv.groups == conv.in_channels:
+            # Grouped with a channel multiplier m: input channel g feeds outputs g*m .. g*m+m-1. Logical order
+            # only (rows and cols are the identity), padded groups get zero weights.
+            m = conv.out_channels // conv.in_channels
+            if not (np.array_equal(rows, np.arange(len(rows))) and (cols is None or np.array_equal(
+                    cols, np.arange(len(cols))))):
+                raise ValueError("a grouped convolution keeps its channels in logical order")
+            if out_width != in_width * m:
+                raise ValueError(f"grouped convolution: {out_width} outputs for {in_width} inputs x {m}")
+            self.groups = in_width
+            w = weight.new_zeros(out_width, 1, *weight.shape[2:])
+            w[:conv.out_channels] = weight * input_scale
+        else:
+            raise ValueError(f"unsupported convolution groups={conv.groups}")
+        b = bias.new_zeros(out_width)
+        b[rows_t] = bias
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool | None = None) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if add is not None:
+            y = y + add
+        return F.relu(y) if (self.relu if relu is None else relu) else y
+
+
+class PlacedDepthwise(PlacedConv):
+    """A depthwise convolution on a padded tensor: channel c at physical position pos[c]."""
+
+    def __init__(self, seq: nn.Sequential, pos: np.ndarray, width: int):
+        nn.Module.__init__(self)
+        weight, bias, conv, self.relu = _fold(seq)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, width
+        idx = torch.as_tensor(pos, dtype=torch.long)
+        w = weight.new_zeros(width, 1, *weight.shape[2:])
+        w[idx] = weight
+        b = bias.new_zeros(width)
+        b[idx] = bias
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+
+
+class PackedUnit(nn.Module):
+    """One InvertedResidual on padded tensors. `pos_in`: physical position of each logical input channel.
+
+    After construction, `pos_out` holds the physical position of each logical output channel (after the
+    unit's channel shuffle). `first_positions` fixes where a stride-2 unit writes its pre-shuffle channels.
+    """
+
+    def __init__(self, unit: InvertedResidual, c_in: int, c_out: int, pos_in: np.ndarray,
+                 first_positions: np.ndarray | None = None):
+        super().__init__()
+        half = c_out // 2
+        in_w, out_w, half_w = padded(c_in), padded(c_out), padded(half)
+        ident = np.arange(half)
+        if len(unit.branch2) != 3:
+            raise ValueError("only depthwise units are packed (see packs())")
+        if unit.stride > 1:
+            # Both branches read the whole input; each writes its half of the pre-shuffle channels where
+            # first_positions says, and the two are summed (their channels never overlap).
+            pre = first_positions if first_positions is not None else np.arange(c_out)
+            dw, pw = unit.branch1
+            self.b1 = nn.ModuleList([PlacedDepthwise(dw, pos_in, in_w),
+                                     PlacedConv(pw, pre[:half], out_w, pos_in, in_w)])
+            reads, writes = pos_in, pre[half:]
+        else:
+            # The kept half stays where it is; the branch reads the other half and writes where it was.
+            pre = pos_in
+            self.b1 = None
+            keep = torch.zeros(1, out_w, 1, 1)
+            keep[0, torch.as_tensor(pos_in[:half], dtype=torch.long)] = 1.0
+            self.register_buffer("keep_mask", keep)
+            reads, writes = pos_in[half:], pos_in[half:]
+        first, dw, last = unit.branch2
+        self.b2 = nn.ModuleList([PlacedConv(first, ident, half_w, reads, in_w), PlacedDepthwise(dw, ident, half_w),
+                                 PlacedConv(last, writes, out_w, ident, half_w)])
+        self.pos_out = np.asarray(pre)[shuffle_source(c_out)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for conv in self.b2[:-1]:
+            y = conv(y)
+        if self.b1 is not None:
+            z = x
+            for conv in self.b1[:-1]:
+                z = conv(z)
+            other = self.b1[-1](z, relu=False)
+        else:
+            other = x * self.keep_mask
+        return self.b2[-1](y, add=other, relu=True)
+
+
+def packed_stage(stage: nn.Sequential, c_in: int, c_out: int, pos_in: np.ndarray) -> nn.Sequential:
+    """A stage (one stride-2 unit, then stride-1 units) whose output is in logical channel order."""
+    units = list(stage)
+    # pos after the stage = first_positions composed with the shuffle source once per unit; choose
+    # first_positions as the inverse of that composition so the stage ends in logical order.
+    src = shuffle_source(c_out)
+    composed = np.arange(c_out)
+    for _ in units:
+        composed = composed[src]
+    first = np.argsort(composed)
+    packed, pos = [], pos_in
+    for i, unit in enumerate(units):
+        p = PackedUnit(unit, c_in if i == 0 else c_out, c_out, pos, first if i == 0 else None)
+        packed.append(p)
+        pos = p.pos_out
+    if not np.array_equal(pos, np.arange(c_out)):
+        raise AssertionError("packed stage does not end in logical order")
+    return nn.Sequential(*packed)
+
+
+class PackedLocal(nn.Module):
+    """The local feature extractor on padded tensors: four patches, grouped 3x3 (stride 2) then depthwise 3x3."""
+
+    def __init__(self, local: nn.Module, in_w: int, out_w: int):
+        super().__init__()
+        self.patches = nn.ModuleList(
+            nn.ModuleList([PlacedConv(p[0], np.arange(p[0][0].out_channels), out_w, None, in_w),
+                           PlacedDepthwise(p[1], np.arange(p[1][0].out_channels), out_w)])
+            for p in local.patches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2] // 2, x.shape[3] // 2
+        parts = [p[1](p[0](q)) for p, q in zip(self.patches, (x[:, :, :h, :w], x[:, :, :h, w:],
+                                                               x[:, :, h:, :w], x[:, :, h:, w:]))]
+        return torch.cat((torch.cat(parts[:2], dim=3), torch.cat(parts[2:], dim=3)), dim=2)
+
+
+class PackedSpatial(nn.Module):
+    """The spatial attention with its hidden width padded to a block: 1x1, two dilated 3x3, 1x1 to one map."""
+
+    def __init__(self, spatial: nn.Module, channels: int, width: int):
+        super().__init__()
+        body = spatial.body
+        hidden = body[1][0].out_channels
+        hidden_w = padded(hidden)
+        ident = np.arange(hidden)
+        self.convs = nn.ModuleList([PlacedConv(body[0], ident, hidden_w, np.arange(channels), width),
+                                    PlacedConv(body[1], ident, hidden_w, ident, hidden_w),
+                                    PlacedConv(body[2], ident, hidden_w, ident, hidden_w)])
+        last = body[3]
+        weight = last.weight.new_zeros(1, hidden_w, 1, 1)
+        weight[:, :hidden] = last.weight.detach()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", last.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = conv(x)
+        return F.conv2d(x, self.weight, self.bias)
+
+
+def _pad_modulator(modulator: nn.Module, channels: int, width: int) -> nn.Module:
+    """The modulator with its first layers reading `width` channels (zeros beyond `channels`) and its channel
+    weights padded: padded channels are zero before and after (x * anything)."""
+    mod = copy.deepcopy(modulator)
+    fc1 = mod.channel.fc[0]
+    new = nn.Linear(width, fc1.out_features)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :channels] = fc1.weight
+        new.bias.copy_(fc1.bias)
+    mod.channel.fc[0] = new
+    fc2 = mod.channel.fc[3]
+    new2 = nn.Linear(fc2.in_features, width)
+    with torch.no_grad():
+        new2.weight.zero_()
+        new2.weight[:channels] = fc2.weight
+        new2.bias.zero_()
+        new2.bias[:channels] = fc2.bias
+    mod.channel.fc[3] = new2
+    mod.spatial = PackedSpatial(mod.spatial, channels, width)
+    return mod
+
+
+class PackedFaceEncoder(nn.Module):
+    """`FaceEncoder` for inference: raw float pixels (N, C, H, W) in [0, 255] -> (N, embed), same numbers."""
+
+    def __init__(self, encoder: FaceEncoder, widths: tuple[int, ...]):
+        super().__init__()
+        w = widths
+        w0p = padded(w[0])
+        multiplier = w[1] // w[0]
+        stage2_w = w0p * multiplier
+        if stage2_w != padded(w[1]):
+            raise ValueError(f"packed face CNN: widths {w[0]} and {w[1]} do not pad consistently")
+        stem_conv = encoder.stem[0]
+        self.stem = PlacedConv(stem_conv, np.arange(w[0]), w0p, np.arange(stem_conv[0].in_channels),
+                               stem_conv[0].in_channels, input_scale=2.0 / 255.0)
+        pool = encoder.stem[1]
+        self.pool = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding)
+        self.local = PackedLocal(encoder.local, w0p, stage2_w)
+        self.stage2 = packed_stage(encoder.stage2, w[0], w[1], np.arange(w[0]))
+        self.modulator = _pad_modulator(encoder.modulator, w[1], stage2_w)
+        self.stage3 = packed_stage(encoder.stage3, w[1], w[2], np.arange(w[1]))
+        self.stage4 = packed_stage(encoder.stage4, w[2], w[3], np.arange(w[2]))
+        self.conv5 = PlacedConv(encoder.conv5, np.arange(w[4]), w[4], np.arange(w[3]), padded(w[3]))
+        self.out_features = w[4]
+        self.flip_average = encoder.flip_average
+        self.eval()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.flip_average:
+            n = pixels.shape[0]
+            both = self.embed(torch.cat((pixels, pixels.flip(3)), dim=0))
+            return (both[:n] + both[n:]) * 0.5
+        return self.embed(pixels)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(pixels - 127.5))
+        x = self.modulator(self.stage2(x)) + self.local(x)
+        x = self.stage4(self.stage3(x))
+        return self.conv5(x).mean(dim=(2, 3))
+
+
+class RawFaceFrontEnd(nn.Module):
+    """(B, T, H, W, C) uint8 crops -> (B * T, C, H, W) float32 pixels in [0, 255] (the scaling is in the stem)."""
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        b, t, h, w, c = faces.shape
+        return faces.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
+
+
+def packs(cfg) -> bool:
+    """Whether the export packs this face CNN. Only depthwise units: a fused unit's first convolution is a dense
+    3x3, and reading the whole tensor there would double the network's main cost to save a few copies (the live
+    preset's frame encoder measured 30.1 ms packed against 16.9 ms as it is, ONNX Runtime, 1 thread)."""
+    return not cfg.video_fused
+
+
+def inference_form(model: AVTCA) -> AVTCA:
+    """The model as the export writes it: a copy with the face CNN packed for ONNX Runtime where that pays
+    (`packs`), else the model itself. Computes the same outputs either way."""
+    if not packs(model.cfg):
+        return model
+    out = copy.deepcopy(model).eval()
+    out.face_frontend = RawFaceFrontEnd()
+    out.face_encoder = PackedFaceEncoder(model.face_encoder.eval(), model.cfg.video_widths)
+    return out

@@ -1,0 +1,87 @@
+"""The packed face CNN the export writes for depthwise presets: same numbers, no shuffles, aligned widths."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from avtca.model.blocks import channel_shuffle
+from avtca.model.config import preset
+from avtca.model.export import FrameEncoder, _torch_to_onnx
+from avtca.model.network import AVTCA
+from avtca.model.packed import (
+    BLOCK,
+    PackedFaceEncoder,
+    inference_form,
+    packs,
+    shuffle_source,
+)
+
+
+def model_with_statistics(name: str, **overrides) -> AVTCA:
+    """A preset with random weights and BatchNorm statistics gathered from random crops, so folding is tested."""
+    torch.manual_seed(0)
+    model = AVTCA(preset(name, **overrides))
+    cfg = model.cfg
+    model.train()
+    with torch.no_grad():
+        model.encode_frames(torch.randint(0, 256, (1, 4, cfg.face_size, cfg.face_size, cfg.face_channels),
+                                          dtype=torch.uint8))
+    return model.eval()
+
+
+def crops(cfg, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (1, n, cfg.face_size, cfg.face_size, cfg.face_channels), dtype=torch.uint8,
+                         generator=g)
+
+
+def test_shuffle_source_is_channel_shuffle():
+    x = torch.arange(58.0).view(1, 58, 1, 1)
+    assert torch.equal(channel_shuffle(x, 2).flatten(), x.flatten()[torch.as_tensor(shuffle_source(58))])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_packed_paper_face_cnn_computes_the_same_embeddings(flip: bool):
+    model = model_with_statistics("paper", face_flip_average=flip)
+    packed = inference_form(model)
+    assert packed is not model and isinstance(packed.face_encoder, PackedFaceEncoder)
+    faces = crops(model.cfg, 3, seed=7)
+    with torch.no_grad():
+        expected = model.encode_frames(faces)
+        got = packed.encode_frames(faces)
+    assert got.shape == expected.shape == (1, 3, 1024)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    # the original model is left as it was
+    assert not isinstance(model.face_encoder, PackedFaceEncoder)
+
+
+def test_fused_presets_export_as_they_are():
+    model = model_with_statistics("live")
+    assert not packs(model.cfg) and inference_form(model) is model
+
+
+def test_packed_frame_encoder_onnx_has_no_shuffles_and_only_aligned_widths(tmp_path: Path):
+    model = model_with_statistics("paper")
+    cfg = model.cfg
+    path = tmp_path / "frames.onnx"
+    faces = crops(cfg, 2, seed=3)[0]
+    _torch_to_onnx(FrameEncoder(inference_form(model)), path, (faces,), ("crops",), "embeddings")
+    proto = onnx.load(str(path))
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["Split"] == 0
+    assert ops["Transpose"] == 1  # the crops' NHWC -> NCHW, nothing else
+    weights = {t.name: t.dims for t in proto.graph.initializer}
+    conv_widths = [weights[n.input[1]][0] for n in proto.graph.node if n.op_type == "Conv"]
+    # every convolution writes a whole number of 16-channel blocks, except the spatial attention's one map
+    assert conv_widths and all(w % BLOCK == 0 or w == 1 for w in conv_widths)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"crops": faces.numpy()})[0]
+    with torch.no_grad():
+        expected = model.encode_frames(faces[:, None])[:, 0].numpy()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
