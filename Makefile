@@ -39,10 +39,10 @@ model: model-train model-export model-eval
 model-train: $(VENV)/.dev-$(ORT_EXTRA)
 	$(BIN)/avtca-train --stage face --faces fer2013=$(DATA)/fer2013 --epochs 40 --bf16 --threads 2 --out $(RUNS)/face
 	$(BIN)/avtca-train --stage voice --init $(RUNS)/face/best.pt --voice ravdess=$(VOICES) --split live \
-		--epochs 60 --lr 1e-3 --threads 2 --out $(RUNS)/voice
+		--epochs 60 --lr 1e-3 --mixup 0.4 --threads 2 --out $(RUNS)/voice
 	$(BIN)/avtca-train --stage fusion --init $(RUNS)/voice/best.pt --faces fer2013=$(DATA)/fer2013 \
 		--voice ravdess=$(VOICES) --split live --epochs 12 --lr 5e-4 --pairs-per-voice 2 --extra-faces 64 \
-		--flip-average --threads 2 --out $(RUNS)/fusion
+		--flip-average --mixup 0.4 --threads 2 --out $(RUNS)/fusion
 
 model-export: $(VENV)/.dev-$(ORT_EXTRA)
 	$(BIN)/avtca-export $(RUNS)/fusion/best.pt -o exported/avtca.onnx

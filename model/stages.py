@@ -186,12 +186,25 @@ class VoiceHead(nn.Module):
         return self.model.logits_from_embeddings(audio, empty, presence)
 
 
-def voice_batches(data: VoiceData, length: int, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def voice_batches(data: VoiceData, length: int, epoch: int, seed: int, classes: int = 0,
+                  mixup: float = 0.0) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches of augmented voice windows and labels. With mixup > 0 (and `classes`), each window is mixed with
+    another of the batch, weight lambda ~ Beta(mixup, mixup), and the batch carries the mixed soft targets."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    rng = np.random.default_rng(seed * 1000 + epoch)
     order = torch.randperm(len(data.train), generator=g).numpy()
     for i in batch_starts(len(order), CLIP_BATCH):
         idx = order[i:i + CLIP_BATCH]
-        yield train_windows(data.train, idx, length, g), torch.from_numpy(data.train_y[idx])
+        audio, y = train_windows(data.train, idx, length, g), torch.from_numpy(data.train_y[idx])
+        if mixup <= 0:
+            yield audio, y
+            continue
+        lam = torch.from_numpy(rng.beta(mixup, mixup, len(idx))).float()
+        lam = torch.maximum(lam, 1 - lam)  # the first clip dominates, so `y` stays its label for accuracy
+        partner = torch.randperm(len(idx), generator=g)
+        onehot = F.one_hot(y, classes).float()
+        soft = lam[:, None] * onehot + (1 - lam[:, None]) * onehot[partner]
+        yield lam[:, None] * audio + (1 - lam[:, None]) * audio[partner], y, soft
 
 
 # ---- fusion on pairs -----------------------------------------------------------------------------------
@@ -234,10 +247,14 @@ def clip_from_views(views: np.ndarray, frames: int, g: torch.Generator) -> torch
 
 
 def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int, seed: int,
-                 extra_faces: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+                 extra_faces: int = 0, mixup: float = 0.0) -> Iterator[tuple[torch.Tensor | None, ...]]:
     """Batches of same-label (voice, face) pairs, each four times over with the modality dropout presences,
     plus `extra_faces` face-only clips of any training faces: the faces paired with voices are few (a few
-    thousand per epoch), and without the extras the face path forgets what the face CNN knew."""
+    thousand per epoch), and without the extras the face path forgets what the face CNN knew.
+
+    With mixup > 0 each pair is mixed with another pair of the batch, voice and face alike, weight
+    lambda ~ Beta(mixup, mixup), and the batch carries the mixed soft targets.
+    Batches: (audio, embeddings, presence, y, soft targets or None, extra face clips or None, their y or None)."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     rng = np.random.default_rng(seed * 1000 + epoch)
@@ -252,24 +269,41 @@ def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
         emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in fi])
         presence = softhard(len(vi), g)
         y = torch.from_numpy(data.voice.train_y[vi])
-        batch = (audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4))
+        soft = None
+        if mixup > 0:
+            lam = torch.from_numpy(rng.beta(mixup, mixup, len(vi))).float()
+            lam = torch.maximum(lam, 1 - lam)[:, None]
+            partner = torch.randperm(len(vi), generator=g)
+            audio = lam * audio + (1 - lam) * audio[partner]
+            emb = lam[:, :, None] * emb + (1 - lam[:, :, None]) * emb[partner]
+            onehot = F.one_hot(y, cfg.num_classes).float()
+            soft = (lam * onehot + (1 - lam) * onehot[partner]).repeat(4, 1)
+        batch = (audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4), soft, None, None)
         if extra_faces:
             extra = rng.integers(0, len(data.face_y), extra_faces)
             extra_emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in extra])
-            batch += (extra_emb, torch.from_numpy(data.face_y[extra]))
+            batch = (*batch[:5], extra_emb, torch.from_numpy(data.face_y[extra]))
         yield batch
 
 
 def fusion_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-entropy on (audio, faces, presence, y) batches, optionally followed by (extra face-only clips, their y)."""
-    audio, emb, presence, y, *extra = batch
-    if extra:
-        extra_emb, extra_y = extra
+    """Cross-entropy on (audio, faces, presence, y) batches, optionally followed by soft targets for those rows
+    (mixup) and (extra face-only clips, their y); absent parts are None."""
+    audio, emb, presence, y, *rest = batch
+    soft, extra_emb, extra_y = (*rest, None, None, None)[:3]
+    if extra_emb is not None:
         logits = module(audio, emb, presence, extra_emb).float()
-        y = torch.cat([y, extra_y])
     else:
         logits = module(audio, emb, presence).float()
-    return F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING), logits.detach(), y
+    if soft is None:
+        y = torch.cat([y, extra_y]) if extra_emb is not None else y
+        return F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING), logits.detach(), y
+    n = len(y)
+    total = -(soft * F.log_softmax(logits[:n], dim=1)).sum()
+    if extra_emb is not None:
+        total = total + F.cross_entropy(logits[n:], extra_y, label_smoothing=LABEL_SMOOTHING, reduction="sum")
+        y = torch.cat([y, extra_y])
+    return total / len(logits), logits.detach(), y
 
 
 def val_pairs(voice_y: np.ndarray, face_y: np.ndarray, seed: int) -> np.ndarray:

@@ -229,7 +229,8 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
             return summarise(data.val_y, pred, cfg.labels)
 
         loss = lambda m, b: face_loss(m, b)  # noqa: E731  (same cross-entropy on (input, target) batches)
-        return Stage("voice", module, lambda e: voice_batches(data, cfg.window_samples, e, seed), loss, validate, None,
+        batches = lambda e: voice_batches(data, cfg.window_samples, e, seed, cfg.num_classes, args.mixup)  # noqa: E731
+        return Stage("voice", module, batches, loss, validate, None,
                      cfg.labels, max(len(data.train) // CLIP_BATCH, 1)), info
     if args.stage == "fusion":
         faces, face_info = face_data(args, cfg)
@@ -241,7 +242,7 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         module = FusionHead(model)
 
         def batches(epoch: int):
-            return pair_batches(data, model, args.pairs_per_voice, epoch, seed, args.extra_faces)
+            return pair_batches(data, model, args.pairs_per_voice, epoch, seed, args.extra_faces, args.mixup)
 
         steps = max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)
         return Stage("fusion", module, batches, fusion_loss, lambda: fusion_validate(module, data, seed), None,
@@ -326,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs-per-voice", type=int, default=4, help="fusion: face pairings per voice clip per epoch")
     p.add_argument("--extra-faces", type=int, default=0,
                    help="fusion: face-only clips of any training face added to each batch of pairs")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="voice and fusion: mix each training clip (or pair) with another of the batch, weight ~ Beta(A, A), "
+                        "soft targets (0: off)")
     p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
     p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
     p.add_argument("--flip-average", action="store_true",

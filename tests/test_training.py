@@ -144,3 +144,84 @@ def test_extra_face_only_rows_are_the_models_face_only_output():
     assert logits.shape == (5, cfg.num_classes)
     assert torch.allclose(logits[:2], expected_pairs, atol=1e-5)
     assert torch.allclose(logits[2:], expected_extra, atol=1e-5)
+
+
+def test_voice_mixup_mixes_windows_and_targets_alike():
+    """Each mixed window is lambda * its own window + (1 - lambda) * another of the batch, lambda >= 0.5, and its
+    soft target gives the same weights to the two labels."""
+    from avtca.model.stages import VoiceData, voice_batches
+
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(4000).astype(np.float32) * 0.1 for _ in range(40)]
+    data = VoiceData(clips, np.arange(40) % 7, [], np.zeros(0, np.int64))
+    plain = next(voice_batches(data, 3000, epoch=2, seed=5))
+    audio, y, soft = next(voice_batches(data, 3000, epoch=2, seed=5, classes=7, mixup=0.4))
+    assert torch.equal(y, plain[1])
+    assert torch.allclose(soft.sum(1), torch.ones(len(y)))
+    base = plain[0]
+    for i in range(len(y)):
+        # find the partner and lambda from the audio alone, then check the target says the same
+        fits = []
+        for j in range(len(y)):
+            d = base[i] - base[j]
+            lam = float(((audio[i] - base[j]) @ d) / (d @ d)) if j != i else 1.0
+            fits.append((float((audio[i] - lam * base[i] - (1 - lam) * base[j]).abs().max()), j, lam))
+        err, j, lam = min(fits)
+        assert err < 1e-5 and lam >= 0.5 - 1e-6
+        expected = torch.zeros(7)
+        expected[y[i]] += lam
+        expected[y[j]] += 1 - lam
+        assert torch.allclose(soft[i], expected, atol=1e-4)
+
+
+def test_fusion_loss_with_soft_targets():
+    """One-hot soft targets give plain cross-entropy; extra face rows keep their label-smoothed hard loss."""
+    import torch.nn.functional as F
+
+    from avtca.model.stages import LABEL_SMOOTHING, fusion_loss
+
+    logits = torch.randn(6, 7)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, audio, emb, presence, extra=None):
+            return logits if extra is not None else logits[:4]
+
+    y, extra_y = torch.tensor([0, 3, 3, 6]), torch.tensor([2, 5])
+    onehot = F.one_hot(y, 7).float()
+    loss, _, targets = fusion_loss(Fixed(), (None, None, None, y, onehot, None, None))
+    assert torch.allclose(loss, F.cross_entropy(logits[:4], y))
+    loss, _, targets = fusion_loss(Fixed(), (None, None, None, y, onehot, torch.zeros(2), extra_y))
+    expected = (F.cross_entropy(logits[:4], y, reduction="sum")
+                + F.cross_entropy(logits[4:], extra_y, label_smoothing=LABEL_SMOOTHING, reduction="sum")) / 6
+    assert torch.allclose(loss, expected) and torch.equal(targets, torch.cat([y, extra_y]))
+
+
+def test_pair_mixup_mixes_voice_and_face_with_the_same_weights():
+    from avtca.model.config import preset
+    from avtca.model.network import AVTCA
+    from avtca.model.stages import PairData, VoiceData, pair_batches
+
+    torch.manual_seed(0)
+    model = AVTCA(preset("live"))
+    cfg = model.cfg
+    rng = np.random.default_rng(1)
+    voices = VoiceData([rng.standard_normal(cfg.window_samples + 500).astype(np.float32) * 0.1 for _ in range(14)],
+                       np.arange(14) % 7, [], np.zeros(0, np.int64))
+    faces = rng.standard_normal((21, 3, model.face_encoder.out_features)).astype(np.float16)
+    data = PairData(voices, faces, np.arange(21) % 7, faces[:, 0], np.arange(21) % 7)
+    base = next(pair_batches(data, model, 1, epoch=0, seed=3))
+    audio, emb, presence, y, soft, *_ = next(pair_batches(data, model, 1, epoch=0, seed=3, mixup=0.4))
+    b = len(y) // 4
+    assert base[4] is None and soft.shape == (4 * b, 7) and torch.equal(presence, base[2])
+    for i in range(b):
+        d = base[0][i] - base[0]
+        lams = [float(((audio[i] - base[0][j]) @ d[j]) / (d[j] @ d[j])) if j != i else 1.0 for j in range(b)]
+        errs = [float((audio[i] - lam * base[0][i] - (1 - lam) * base[0][j]).abs().max()) for j, lam in enumerate(lams)]
+        j = int(np.argmin(errs))
+        lam = lams[j]
+        assert errs[j] < 1e-5 and lam >= 0.5 - 1e-6
+        assert torch.allclose(emb[i], lam * base[1][i] + (1 - lam) * base[1][j], atol=1e-4)
+        expected = torch.zeros(7)
+        expected[y[i]] += lam
+        expected[y[j]] += 1 - lam
+        assert torch.allclose(soft[i], expected, atol=1e-4) and torch.allclose(soft[i + b], soft[i])
