@@ -43,6 +43,25 @@ def time_calls(fn, runs: int, warmup: int) -> dict:
     return stats(out)
 
 
+def time_interleaved(fns: dict, runs: int, warmup: int, block: int = 20) -> dict:
+    """Times several callables in alternating blocks of `block` runs until each has `runs`: a shared machine's
+    speed drifts over minutes, and a comparison of two runtimes should not depend on which ran first. Each block
+    starts with two untimed calls (the other runtime's threads may still be spinning)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    while any(len(t) < runs for t in times.values()):
+        for name, fn in fns.items():
+            for _ in range(2):
+                fn()
+            for _ in range(min(block, runs - len(times[name]))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: stats(t) for name, t in times.items()}
+
+
 def gflops(model: AVTCA, batch: int = 1) -> float:
     """Floating-point operations of one forward pass (multiply and add counted apart), in GFLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -78,11 +97,11 @@ def bench_model(name: str, threads: int, runs: int, int8: bool, out: dict, log, 
         for batch in (1, 3):
             audio, faces, presence = example_inputs(model, batch)
             feeds = {"audio": audio.numpy(), "faces": faces.numpy(), "presence": presence.numpy()}
+            fns = {"torch": lambda: model(audio, faces, presence)}
+            fns.update({kind: (lambda s=session: s.run(None, feeds)) for kind, session in sessions.items()})
             with torch.no_grad():
-                out.update(_flat(f"{name}.torch.batch{batch}", time_calls(lambda: model(audio, faces, presence),
-                                                                           runs, 5)))
-            for kind, session in sessions.items():
-                out.update(_flat(f"{name}.{kind}.batch{batch}", time_calls(lambda: session.run(None, feeds), runs, 5)))
+                for kind, figures in time_interleaved(fns, runs, 5).items():
+                    out.update(_flat(f"{name}.{kind}.batch{batch}", figures))
             _ratios(out, name, f"batch{batch}")
             log(f"{name} batch {batch}: torch {out[f'{name}.torch.batch{batch}.median_ms']:.2f} ms, ORT fp32 "
                 f"{out[f'{name}.ort_fp32.batch{batch}.median_ms']:.2f} ms"
@@ -95,9 +114,10 @@ def bench_model(name: str, threads: int, runs: int, int8: bool, out: dict, log, 
             feeds = {"audio": audio.numpy(), "faces": faces.numpy(), "presence": presence.numpy()}
             tag = f"threads{all_cores}"
             with torch.no_grad():
-                out.update(_flat(f"{name}.torch.batch1.{tag}", time_calls(lambda: model(audio, faces, presence),
-                                                                         runs, 5)))
-            out.update(_flat(f"{name}.ort_fp32.batch1.{tag}", time_calls(lambda: session.run(None, feeds), runs, 5)))
+                timed = time_interleaved({"torch": lambda: model(audio, faces, presence),
+                                          "ort_fp32": lambda: session.run(None, feeds)}, runs, 5)
+            for kind, figures in timed.items():
+                out.update(_flat(f"{name}.{kind}.batch1.{tag}", figures))
             _ratios(out, name, f"batch1.{tag}")
             torch.set_num_threads(threads)
             log(f"{name} batch 1, {all_cores} threads: torch {out[f'{name}.torch.batch1.{tag}.median_ms']:.2f} ms, "
