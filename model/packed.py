@@ -309,5 +309,5 @@ def inference_form(model: AVTCA) -> AVTCA:
         return model
     out = copy.deepcopy(model).eval()
     out.face_frontend = RawFaceFrontEnd()
-    out.face_encoder = PackedFaceEncoder(model.face_encoder.eval(), model.cfg.video_widths)
+    out.face_encoder = PackedFaceEncoder(model.face_encoder, model.cfg.video_widths)
     return out

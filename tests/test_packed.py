@@ -85,3 +85,11 @@ def test_packed_frame_encoder_onnx_has_no_shuffles_and_only_aligned_widths(tmp_p
     with torch.no_grad():
         expected = model.encode_frames(faces[:, None])[:, 0].numpy()
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_inference_form_leaves_the_model_alone():
+    model = model_with_statistics("paper").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inference_form(model)
+    assert model.training and model.face_encoder.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
