@@ -7,6 +7,8 @@ per-frame embeddings. A user with real audio-video datasets runs the 'av' stage,
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ from torch import nn
 
 from ..app.audio import centre_window
 from .augment import augment_audio, augment_faces, random_window
+from .cache import cache_dir
+from .checkpoint import weights_sha256
 from .metrics import summarise
 from .network import AVTCA
 from .splits import pair_indices
@@ -133,6 +137,26 @@ def frame_embeddings(model: AVTCA, crops: np.ndarray, views: int, seed: int) -> 
         for v in range(views):
             x = pixels if v == 0 else augment_faces(pixels, g, erase_p=0.0)
             out[i:i + len(pixels), v] = model.face_encoder(scale_pixels(x)).numpy()
+    return out
+
+
+def cached_frame_embeddings(model: AVTCA, crops: np.ndarray, views: int, seed: int) -> np.ndarray:
+    """`frame_embeddings`, kept in the cache folder (AVTCA_CACHE): the fusion stage's face CNN is frozen, so the
+    same weights, crops, views and seed give the same embeddings in every run. The key also covers the code that
+    draws the views, so a change there computes them afresh."""
+    digest = hashlib.sha256()
+    digest.update(weights_sha256(model.face_encoder).encode())
+    digest.update(repr((views, seed, model.face_encoder.flip_average, crops.shape, str(crops.dtype))).encode())
+    digest.update(inspect.getsource(augment_faces).encode() + inspect.getsource(frame_embeddings).encode())
+    digest.update(hashlib.sha256(np.ascontiguousarray(crops).tobytes()).digest())
+    path = cache_dir() / f"embeddings-{digest.hexdigest()[:20]}.npy"
+    if path.is_file():
+        return np.load(path)
+    out = frame_embeddings(model, crops, views, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
     return out
 
 

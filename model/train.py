@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import load_audio_clips, load_face_images, pixel_hashes
+from .cache import cache_dir, load_audio_clips, load_face_images, pixel_hashes
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
 from .config import PRESETS, preset
 from .datasets import Item, read_dataset
@@ -28,9 +28,9 @@ from .labels import map_label, mapping_table
 from .network import AVTCA, count_parameters
 from .splits import by_actors, kfold_by_actor, named_split, parse_actors, random_split
 from .stages import (
-    ClipData, FaceData, FrameClassifier, FullModel, FusionHead, PairData, VoiceData, VoiceHead, clip_batches,
-    clip_validate, eval_windows, face_batches, face_loss, face_predict, frame_embeddings, fusion_loss,
-    fusion_validate, pair_batches, voice_batches, CLIP_BATCH, FACE_BATCH,
+    ClipData, FaceData, FrameClassifier, FullModel, FusionHead, PairData, VoiceData, VoiceHead,
+    cached_frame_embeddings, clip_batches, clip_validate, eval_windows, face_batches, face_loss, face_predict,
+    fusion_loss, fusion_validate, pair_batches, voice_batches, CLIP_BATCH, FACE_BATCH,
 )
 from .metrics import summarise
 from .trainer import OptimConfig, Stage, fit
@@ -235,9 +235,10 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
     if args.stage == "fusion":
         faces, face_info = face_data(args, cfg)
         voices, voice_info = voice_data(args, cfg)
-        log(f"caching {FACE_VIEWS} views of per-frame embeddings for {len(faces.train)} training faces ...")
-        emb = frame_embeddings(model, faces.train, FACE_VIEWS, seed)
-        val_emb = frame_embeddings(model, faces.val, 1, seed)[:, 0]
+        log(f"{FACE_VIEWS} views of per-frame embeddings for {len(faces.train)} training faces (computed once per "
+            f"face CNN, then read from the cache in {cache_dir()}) ...")
+        emb = cached_frame_embeddings(model, faces.train, FACE_VIEWS, seed)
+        val_emb = cached_frame_embeddings(model, faces.val, 1, seed)[:, 0]
         data = PairData(voices, emb, faces.train_y, val_emb, faces.val_y)
         module = FusionHead(model)
 
@@ -328,8 +329,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-faces", type=int, default=0,
                    help="fusion: face-only clips of any training face added to each batch of pairs")
     p.add_argument("--mixup", type=float, default=0.0,
-                   help="voice and fusion: mix each training clip (or pair) with another of the batch, weight ~ Beta(A, A), "
-                        "soft targets (0: off)")
+                   help="voice and fusion: mix each training clip (or pair) with another of the batch, "
+                        "weight ~ Beta(A, A), soft targets (0: off)")
     p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
     p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
     p.add_argument("--flip-average", action="store_true",

@@ -225,3 +225,25 @@ def test_pair_mixup_mixes_voice_and_face_with_the_same_weights():
         expected[y[i]] += lam
         expected[y[j]] += 1 - lam
         assert torch.allclose(soft[i], expected, atol=1e-4) and torch.allclose(soft[i + b], soft[i])
+
+
+def test_fusion_embeddings_are_cached_per_face_cnn(tmp_path, monkeypatch):
+    """The second request for the same face CNN, crops, views and seed reads the cache and gets the same numbers;
+    other weights get their own entry."""
+    from avtca.model.config import preset
+    from avtca.model.network import AVTCA
+    from avtca.model.stages import cached_frame_embeddings, frame_embeddings
+
+    monkeypatch.setenv("AVTCA_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = AVTCA(preset("live")).eval()
+    crops = np.random.default_rng(2).integers(0, 256, (6, 48, 48, 1), dtype=np.uint8)
+    first = cached_frame_embeddings(model, crops, 3, seed=4)
+    assert len(list(tmp_path.glob("embeddings-*.npy"))) == 1
+    assert np.array_equal(first, frame_embeddings(model, crops, 3, seed=4))
+    again = cached_frame_embeddings(model, crops, 3, seed=4)
+    assert np.array_equal(again, first) and len(list(tmp_path.glob("embeddings-*.npy"))) == 1
+    with torch.no_grad():
+        model.face_encoder.conv5[0].weight.mul_(1.5)
+    other = cached_frame_embeddings(model, crops, 3, seed=4)
+    assert len(list(tmp_path.glob("embeddings-*.npy"))) == 2 and not np.array_equal(other, first)
