@@ -210,6 +210,17 @@ class VoiceHead(nn.Module):
         return self.model.logits_from_embeddings(audio, empty, presence)
 
 
+def mixup_draw(y: torch.Tensor, classes: int, alpha: float, rng: np.random.Generator,
+               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup for a batch with labels y: (lambda (B, 1) ~ Beta(alpha, alpha) kept >= 0.5 so each row's own label
+    dominates, each row's partner index (B,), the mixed soft targets (B, classes))."""
+    lam = torch.from_numpy(rng.beta(alpha, alpha, len(y))).float()
+    lam = torch.maximum(lam, 1 - lam)[:, None]
+    partner = torch.randperm(len(y), generator=g)
+    onehot = F.one_hot(y, classes).float()
+    return lam, partner, lam * onehot + (1 - lam) * onehot[partner]
+
+
 def voice_batches(data: VoiceData, length: int, epoch: int, seed: int, classes: int = 0,
                   mixup: float = 0.0) -> Iterator[tuple[torch.Tensor, ...]]:
     """Batches of augmented voice windows and labels. With mixup > 0 (and `classes`), each window is mixed with
@@ -223,12 +234,8 @@ def voice_batches(data: VoiceData, length: int, epoch: int, seed: int, classes: 
         if mixup <= 0:
             yield audio, y
             continue
-        lam = torch.from_numpy(rng.beta(mixup, mixup, len(idx))).float()
-        lam = torch.maximum(lam, 1 - lam)  # the first clip dominates, so `y` stays its label for accuracy
-        partner = torch.randperm(len(idx), generator=g)
-        onehot = F.one_hot(y, classes).float()
-        soft = lam[:, None] * onehot + (1 - lam[:, None]) * onehot[partner]
-        yield lam[:, None] * audio + (1 - lam[:, None]) * audio[partner], y, soft
+        lam, partner, soft = mixup_draw(y, classes, mixup, rng, g)
+        yield lam * audio + (1 - lam) * audio[partner], y, soft
 
 
 # ---- fusion on pairs -----------------------------------------------------------------------------------
@@ -295,13 +302,10 @@ def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
         y = torch.from_numpy(data.voice.train_y[vi])
         soft = None
         if mixup > 0:
-            lam = torch.from_numpy(rng.beta(mixup, mixup, len(vi))).float()
-            lam = torch.maximum(lam, 1 - lam)[:, None]
-            partner = torch.randperm(len(vi), generator=g)
+            lam, partner, soft = mixup_draw(y, cfg.num_classes, mixup, rng, g)
             audio = lam * audio + (1 - lam) * audio[partner]
             emb = lam[:, :, None] * emb + (1 - lam[:, :, None]) * emb[partner]
-            onehot = F.one_hot(y, cfg.num_classes).float()
-            soft = (lam * onehot + (1 - lam) * onehot[partner]).repeat(4, 1)
+            soft = soft.repeat(4, 1)
         batch = (audio.repeat(4, 1), emb.repeat(4, 1, 1), presence, y.repeat(4), soft, None, None)
         if extra_faces:
             extra = rng.integers(0, len(data.face_y), extra_faces)
