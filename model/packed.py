@@ -18,9 +18,12 @@ back to plain NCHW and another copy. The ShuffleNetV2 units of the face CNN have
 - the pixel scaling x * 2/255 - 1 folded into the stem: (x - 127.5) times scaled weights, which keeps the
   zero padding of the stem convolution exact.
 
-The first unit of a stage picks its output positions so that after the stage's shuffles every logical
-channel is back at its own index: stages hand over tensors in logical order (which the local feature
-extractor's grouped convolution needs, and which keeps each stage independent of the others).
+Stage 2 works on one tensor as described: its first unit picks its output positions so that after the stage's
+shuffles every logical channel is back at its own index, because the local feature extractor's grouped
+convolution, added to it, fixes that order. Stages 3 and 4 (`PiecedStage`) go further: each unit writes every
+channel straight into a tensor for the one later unit that reads it, so no convolution reads or writes a half
+it does not use and no mask is needed (on the paper preset, ONNX Runtime, one thread: 89.0 -> 78.8 ms for the
+whole model, measured side by side).
 """
 
 from __future__ import annotations
@@ -183,6 +186,153 @@ def packed_stage(stage: nn.Sequential, c_in: int, c_out: int, pos_in: np.ndarray
     return nn.Sequential(*packed)
 
 
+class PieceConv(nn.Module):
+    """A folded 1x1 convolution with explicit weights, writing or reading one piece of a `PiecedStage`."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool):
+        super().__init__()
+        self.relu = relu
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, self.bias)
+        if add is not None:
+            y = y + add
+        return F.relu(y) if self.relu else y
+
+
+SMALL = 8  # pieces with fewer channels share one tensor per reading unit (see PiecedStage)
+
+
+class PiecedStage(nn.Module):
+    """A stage in which every channel goes from the unit that writes it straight to the unit that reads it.
+
+    Inside a stage, the channel shuffles decide, for every channel a unit writes, which later unit's branch reads
+    it (or that it leaves the stage). So each unit writes its output as separate tensors ("pieces"), one per
+    reading unit, each padded to whole blocks, and a unit's first convolution is the sum of one convolution per
+    piece it reads. Each channel is written once and read once: no Split, no shuffle, no copy, and every
+    convolution reads only the channels it uses, up to block padding. The few channels that survive several
+    units would make many small pieces; those meant for one reader (fewer than SMALL from each writer) share one
+    tensor, which each writer adds its rows to (relu(conv + partial) is exact: the rows never overlap, and the
+    partial is a ReLU output). The pieces that leave the stage are concatenated; `pos_out` gives each logical
+    output channel's position there and `out_width` the width.
+    """
+
+    def __init__(self, stage: nn.Sequential, c_in: int, c_out: int, pos_in: np.ndarray, in_width: int):
+        super().__init__()
+        units = list(stage)
+        n, half = len(units), c_out // 2
+        half_w = padded(half)
+        if units[0].stride == 1 or any(u.stride != 1 for u in units[1:]):
+            raise ValueError("a stage is one stride-2 unit followed by stride-1 units")
+        if any(len(u.branch2) != 3 for u in units):
+            raise ValueError("only depthwise units are pieced (see packs())")
+        # Provenance: a channel is (producer, index); producer -1 is the first unit's first branch, k >= 0 the
+        # second branch of unit k. Reader n means the channel leaves the stage.
+        src = shuffle_source(c_out)
+        cur = [(-1, i) for i in range(half)] + [(0, i) for i in range(half)]
+        cur = [cur[j] for j in src]
+        branch_input: dict[int, dict] = {}
+        reader: dict[tuple[int, int], int] = {}
+        for k in range(1, n):
+            branch_input[k] = {ch: j for j, ch in enumerate(cur[half:])}
+            reader.update((ch, k) for ch in cur[half:])
+            pre = cur[:half] + [(k, i) for i in range(half)]
+            cur = [pre[j] for j in src]
+        reader.update((ch, n) for ch in cur)
+        groups: dict[tuple[int, int], list] = {}
+        for ch, k in sorted(reader.items()):
+            groups.setdefault((ch[0], k), []).append(ch)
+        # Tensors: each reader's pieces, small ones merged. slots[t]: the channels of tensor t in order.
+        slots: list[list] = []
+        readers: list[int] = []
+        for k in range(1, n + 1):
+            small = []
+            for (producer, r), chans in sorted(groups.items()):
+                if r != k:
+                    continue
+                if len(chans) >= SMALL:
+                    slots.append(chans)
+                    readers.append(k)
+                else:
+                    small += chans
+            if small:
+                slots.append(small)
+                readers.append(k)
+        where = {ch: (t, i) for t, chans in enumerate(slots) for i, ch in enumerate(chans)}
+
+        def writes(seq: nn.Sequential, producer: int, cols: np.ndarray, width: int) -> tuple[list, nn.ModuleList]:
+            """The producer's output convolution, one per tensor it writes to; `cols`: physical input positions."""
+            weight, bias, _, relu = _fold(seq)
+            tensors, convs = sorted({where[(producer, i)][0] for i in range(weight.shape[0])}), []
+            for t in tensors:
+                rows = [(i, ch[1]) for i, ch in enumerate(slots[t]) if ch[0] == producer]
+                at = torch.as_tensor([r for r, _ in rows], dtype=torch.long)
+                idx = torch.as_tensor([i for _, i in rows], dtype=torch.long)
+                w = weight.new_zeros(padded(len(slots[t])), width, 1, 1)
+                w[at[:, None], torch.as_tensor(cols, dtype=torch.long)[None, :]] = weight[idx]
+                b = bias.new_zeros(padded(len(slots[t])))
+                b[at] = bias[idx]
+                convs.append(PieceConv(w, b, relu))
+            return tensors, nn.ModuleList(convs)
+
+        ident = np.arange(half)
+        first = units[0]
+        dw, pw = first.branch1
+        self.b1_dw = PlacedDepthwise(dw, pos_in, in_width)
+        self.b1_out, self.b1_pw = writes(pw, -1, pos_in, in_width)
+        f, d, last = first.branch2
+        self.b2 = nn.ModuleList([PlacedConv(f, ident, half_w, pos_in, in_width), PlacedDepthwise(d, ident, half_w)])
+        self.b2_out, self.b2_last = writes(last, 0, ident, half_w)
+        self.reads_in, self.reads, self.dws, self.writes_out, self.writes = [], nn.ModuleList(), nn.ModuleList(), [], \
+            nn.ModuleList()
+        for k in range(1, n):
+            f, d, last = units[k].branch2
+            weight, bias, _, _ = _fold(f)
+            tensors = [t for t, r in enumerate(readers) if r == k]
+            convs = []
+            for m, t in enumerate(tensors):
+                cols = torch.as_tensor([branch_input[k][ch] for ch in slots[t]], dtype=torch.long)
+                w = weight.new_zeros(half_w, padded(len(cols)), 1, 1)
+                w[:half, :len(cols)] = weight[:, cols]
+                b = None
+                if m == 0:
+                    b = bias.new_zeros(half_w)
+                    b[:half] = bias
+                convs.append(PieceConv(w, b, relu=False))
+            self.reads_in.append(tensors)
+            self.reads.append(nn.ModuleList(convs))
+            self.dws.append(PlacedDepthwise(d, ident, half_w))
+            out, wconvs = writes(last, k, ident, half_w)
+            self.writes_out.append(out)
+            self.writes.append(wconvs)
+        self.end = [t for t, r in enumerate(readers) if r == n]
+        offsets, at = {}, 0
+        for t in self.end:
+            offsets[t] = at
+            at += padded(len(slots[t]))
+        self.out_width = at
+        self.pos_out = np.array([offsets[where[ch][0]] + where[ch][1] for ch in cur])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces: dict[int, torch.Tensor] = {}
+
+        def write(y, tensors, convs):
+            for t, conv in zip(tensors, convs):
+                pieces[t] = conv(y, add=pieces.get(t))
+
+        write(self.b1_dw(x), self.b1_out, self.b1_pw)
+        write(self.b2[1](self.b2[0](x)), self.b2_out, self.b2_last)
+        for tensors, reads, dw, out, writes in zip(self.reads_in, self.reads, self.dws, self.writes_out, self.writes):
+            total = None
+            for t, conv in zip(tensors, reads):
+                part = conv(pieces.pop(t))
+                total = part if total is None else total + part
+            write(dw(F.relu(total)), out, writes)
+        return torch.cat([pieces[t] for t in self.end], dim=1)
+
+
 class PackedLocal(nn.Module):
     """The local feature extractor on padded tensors: four patches, grouped 3x3 (stride 2) then depthwise 3x3."""
 
@@ -266,9 +416,9 @@ class PackedFaceEncoder(nn.Module):
         self.local = PackedLocal(encoder.local, w0p, stage2_w)
         self.stage2 = packed_stage(encoder.stage2, w[0], w[1], np.arange(w[0]))
         self.modulator = _pad_modulator(encoder.modulator, w[1], stage2_w)
-        self.stage3 = packed_stage(encoder.stage3, w[1], w[2], np.arange(w[1]))
-        self.stage4 = packed_stage(encoder.stage4, w[2], w[3], np.arange(w[2]))
-        self.conv5 = PlacedConv(encoder.conv5, np.arange(w[4]), w[4], np.arange(w[3]), padded(w[3]))
+        self.stage3 = PiecedStage(encoder.stage3, w[1], w[2], np.arange(w[1]), stage2_w)
+        self.stage4 = PiecedStage(encoder.stage4, w[2], w[3], self.stage3.pos_out, self.stage3.out_width)
+        self.conv5 = PlacedConv(encoder.conv5, np.arange(w[4]), w[4], self.stage4.pos_out, self.stage4.out_width)
         self.out_features = w[4]
         self.flip_average = encoder.flip_average
         self.eval()

@@ -19,6 +19,7 @@ from avtca.model.packed import (
     PackedFaceEncoder,
     inference_form,
     packs,
+    padded,
     shuffle_source,
 )
 
@@ -93,3 +94,19 @@ def test_inference_form_leaves_the_model_alone():
     inference_form(model)
     assert model.training and model.face_encoder.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_pieced_stages_read_and_write_only_the_channels_they_use():
+    model = model_with_statistics("paper")
+    encoder = inference_form(model).face_encoder
+    for stage, width in ((encoder.stage3, 232), (encoder.stage4, 464)):
+        half = width // 2
+        # a unit's first convolution reads its half (plus block padding), not the whole tensor
+        assert all(sum(conv.weight.shape[1] for conv in reads) <= padded(half) + 2 * BLOCK for reads in stage.reads)
+        # every channel a branch computes is written to exactly one place
+        for writes in (stage.b1_pw, stage.b2_last, *stage.writes):
+            rows = torch.cat([conv.weight.flatten(1) for conv in writes])
+            assert int((rows != 0).any(dim=1).sum()) == half
+        # the stage's output holds each logical channel once, in blocks
+        assert sorted(set(stage.pos_out.tolist())) == sorted(stage.pos_out.tolist()) and len(stage.pos_out) == width
+        assert stage.out_width % BLOCK == 0 and stage.out_width <= padded(width) + 2 * BLOCK
