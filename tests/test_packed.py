@@ -81,6 +81,12 @@ def test_packed_frame_encoder_onnx_has_no_shuffles_and_only_aligned_widths(tmp_p
     conv_widths = [weights[n.input[1]][0] for n in proto.graph.node if n.op_type == "Conv"]
     # every convolution writes a whole number of 16-channel blocks, except the spatial attention's one map
     assert conv_widths and all(w % BLOCK == 0 or w == 1 for w in conv_widths)
+    # and every grouped one is depthwise (one input channel per group), which the blocked kernels run
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in proto.graph.node
+              if n.op_type == "Conv"}
+    grouped = [n for n in proto.graph.node if n.op_type == "Conv" and groups[n.name] > 1]
+    assert grouped and all(weights[n.input[1]][1] == 1 and weights[n.input[1]][0] == groups[n.name]
+                           for n in grouped)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"crops": faces.numpy()})[0]
     with torch.no_grad():
