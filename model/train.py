@@ -216,7 +216,8 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         data, info = face_data(args, cfg)
         module = FrameClassifier(model).to(memory_format=torch.channels_last)
         validate = lambda: summarise(data.val_y, face_predict(module, data.val), cfg.labels)  # noqa: E731
-        return Stage("face", module, lambda e: face_batches(data, e, seed), face_loss, validate, None, cfg.labels,
+        batches = lambda e: face_batches(data, e, seed, cfg.num_classes, args.mixup)  # noqa: E731
+        return Stage("face", module, batches, face_loss, validate, None, cfg.labels,
                      max(len(data.train) // FACE_BATCH, 1)), info
     if args.stage == "voice":
         data, info = voice_data(args, cfg)
@@ -329,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-faces", type=int, default=0,
                    help="fusion: face-only clips of any training face added to each batch of pairs")
     p.add_argument("--mixup", type=float, default=0.0,
-                   help="voice and fusion: mix each training clip (or pair) with another of the batch, "
+                   help="mix each training image, clip or pair with another of the batch, "
                         "weight ~ Beta(A, A), soft targets (0: off)")
     p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
     p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")

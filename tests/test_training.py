@@ -174,6 +174,28 @@ def test_voice_mixup_mixes_windows_and_targets_alike():
         assert torch.allclose(soft[i], expected, atol=1e-4)
 
 
+def test_face_mixup_mixes_images_and_targets_alike():
+    """As for voices: each mixed image is lambda * its own augmented image + (1 - lambda) * another of the batch,
+    and its soft target (here mixed FER+-style distributions) gives the two the same weights."""
+    from avtca.model.stages import FaceData, face_batches
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 48, 48, 1), dtype=np.uint8)
+    votes = rng.dirichlet(np.ones(7), 40).astype(np.float32)
+    data = FaceData(images, np.arange(40) % 7, images[:0], np.zeros(0, np.int64), train_soft=votes)
+    base, y0, soft0 = next(face_batches(data, epoch=1, seed=4))
+    pixels, y, soft = next(face_batches(data, epoch=1, seed=4, classes=7, mixup=0.2))
+    assert torch.equal(y, y0) and soft.shape == soft0.shape == (40, 7)
+    flat, ref = pixels.reshape(40, -1), base.reshape(40, -1)
+    for i in range(40):
+        d = ref[i] - ref
+        lams = [float(((flat[i] - ref[j]) @ d[j]) / (d[j] @ d[j])) if j != i else 1.0 for j in range(40)]
+        errs = [float((flat[i] - lam * ref[i] - (1 - lam) * ref[j]).abs().max()) for j, lam in enumerate(lams)]
+        j = int(np.argmin(errs))
+        assert errs[j] < 1e-2 and lams[j] >= 0.5 - 1e-6
+        assert torch.allclose(soft[i], lams[j] * soft0[i] + (1 - lams[j]) * soft0[j], atol=1e-4)
+
+
 def test_fusion_loss_with_soft_targets():
     """One-hot soft targets give plain cross-entropy; extra face rows keep their label-smoothed hard loss."""
     import torch.nn.functional as F
