@@ -212,7 +212,7 @@ class PiecedStage(nn.Module):
     output channel's position there and `out_width` the width.
     """
 
-    def __init__(self, stage: nn.Sequential, c_in: int, c_out: int, pos_in: np.ndarray, in_width: int):
+    def __init__(self, stage: nn.Sequential, c_out: int, pos_in: np.ndarray, in_width: int):
         super().__init__()
         units = list(stage)
         n, half = len(units), c_out // 2
@@ -433,8 +433,8 @@ class PackedFaceEncoder(nn.Module):
         self.local = PackedLocal(encoder.local, w[0], multiplier)
         self.stage2 = packed_stage(encoder.stage2, w[0], w[1], np.arange(w[0]), self.local.pos)
         self.modulator = _pad_modulator(encoder.modulator, self.local.pos, stage2_w)
-        self.stage3 = PiecedStage(encoder.stage3, w[1], w[2], self.local.pos, stage2_w)
-        self.stage4 = PiecedStage(encoder.stage4, w[2], w[3], self.stage3.pos_out, self.stage3.out_width)
+        self.stage3 = PiecedStage(encoder.stage3, w[2], self.local.pos, stage2_w)
+        self.stage4 = PiecedStage(encoder.stage4, w[3], self.stage3.pos_out, self.stage3.out_width)
         self.conv5 = PlacedConv(encoder.conv5, np.arange(w[4]), w[4], self.stage4.pos_out, self.stage4.out_width)
         self.out_features = w[4]
         self.flip_average = encoder.flip_average
