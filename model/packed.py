@@ -198,6 +198,50 @@ class PieceConv(nn.Module):
 SMALL = 8  # pieces with fewer channels share one tensor per reading unit (see PiecedStage)
 
 
+def channel_routes(c_out: int, units: int) -> tuple[dict, dict, list]:
+    """Follow every channel through a stage's shuffles. A channel is (producer, index): producer -1 is the first
+    unit's first branch, k >= 0 the second branch of unit k. Returns reader[channel] (the stride-1 unit whose
+    branch reads it, or `units` where it leaves the stage), branch_input[k][channel] (its index in unit k's branch
+    input) and the stage's output channels in logical order."""
+    half = c_out // 2
+    src = shuffle_source(c_out)
+    cur = [(-1, i) for i in range(half)] + [(0, i) for i in range(half)]
+    cur = [cur[j] for j in src]
+    branch_input: dict[int, dict] = {}
+    reader: dict[tuple[int, int], int] = {}
+    for k in range(1, units):
+        branch_input[k] = {ch: j for j, ch in enumerate(cur[half:])}
+        reader.update((ch, k) for ch in cur[half:])
+        pre = cur[:half] + [(k, i) for i in range(half)]
+        cur = [pre[j] for j in src]
+    reader.update((ch, units) for ch in cur)
+    return reader, branch_input, cur
+
+
+def piece_tensors(reader: dict, units: int) -> tuple[list[list], list[int]]:
+    """The tensors a `PiecedStage` writes: for each reader, one per producer, except that the producers' pieces
+    of fewer than SMALL channels share one. Returns each tensor's channels in order and its reader."""
+    groups: dict[tuple[int, int], list] = {}
+    for ch, k in sorted(reader.items()):
+        groups.setdefault((ch[0], k), []).append(ch)
+    slots: list[list] = []
+    readers: list[int] = []
+    for k in range(1, units + 1):
+        small = []
+        for (_, r), chans in sorted(groups.items()):
+            if r != k:
+                continue
+            if len(chans) >= SMALL:
+                slots.append(chans)
+                readers.append(k)
+            else:
+                small += chans
+        if small:
+            slots.append(small)
+            readers.append(k)
+    return slots, readers
+
+
 class PiecedStage(nn.Module):
     """A stage in which every channel goes from the unit that writes it straight to the unit that reads it.
 
@@ -221,38 +265,8 @@ class PiecedStage(nn.Module):
             raise ValueError("a stage is one stride-2 unit followed by stride-1 units")
         if any(len(u.branch2) != 3 for u in units):
             raise ValueError("only depthwise units are pieced (see packs())")
-        # Provenance: a channel is (producer, index); producer -1 is the first unit's first branch, k >= 0 the
-        # second branch of unit k. Reader n means the channel leaves the stage.
-        src = shuffle_source(c_out)
-        cur = [(-1, i) for i in range(half)] + [(0, i) for i in range(half)]
-        cur = [cur[j] for j in src]
-        branch_input: dict[int, dict] = {}
-        reader: dict[tuple[int, int], int] = {}
-        for k in range(1, n):
-            branch_input[k] = {ch: j for j, ch in enumerate(cur[half:])}
-            reader.update((ch, k) for ch in cur[half:])
-            pre = cur[:half] + [(k, i) for i in range(half)]
-            cur = [pre[j] for j in src]
-        reader.update((ch, n) for ch in cur)
-        groups: dict[tuple[int, int], list] = {}
-        for ch, k in sorted(reader.items()):
-            groups.setdefault((ch[0], k), []).append(ch)
-        # Tensors: each reader's pieces, small ones merged. slots[t]: the channels of tensor t in order.
-        slots: list[list] = []
-        readers: list[int] = []
-        for k in range(1, n + 1):
-            small = []
-            for (producer, r), chans in sorted(groups.items()):
-                if r != k:
-                    continue
-                if len(chans) >= SMALL:
-                    slots.append(chans)
-                    readers.append(k)
-                else:
-                    small += chans
-            if small:
-                slots.append(small)
-                readers.append(k)
+        reader, branch_input, cur = channel_routes(c_out, n)
+        slots, readers = piece_tensors(reader, n)
         where = {ch: (t, i) for t, chans in enumerate(slots) for i, ch in enumerate(chans)}
 
         def writes(seq: nn.Sequential, producer: int, cols: np.ndarray, width: int) -> tuple[list, nn.ModuleList]:
@@ -278,8 +292,8 @@ class PiecedStage(nn.Module):
         f, d, last = first.branch2
         self.b2 = nn.ModuleList([PlacedConv(f, ident, half_w, pos_in, in_width), PlacedDepthwise(d, ident, half_w)])
         self.b2_out, self.b2_last = writes(last, 0, ident, half_w)
-        self.reads_in, self.reads, self.dws, self.writes_out, self.writes = [], nn.ModuleList(), nn.ModuleList(), [], \
-            nn.ModuleList()
+        self.reads_in, self.writes_out = [], []
+        self.reads, self.dws, self.writes = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for k in range(1, n):
             f, d, last = units[k].branch2
             weight, bias, _, _ = _fold(f)

@@ -17,6 +17,7 @@ from avtca.model.network import AVTCA
 from avtca.model.packed import (
     BLOCK,
     PackedFaceEncoder,
+    channel_routes,
     inference_form,
     packs,
     padded,
@@ -116,3 +117,24 @@ def test_pieced_stages_read_and_write_only_the_channels_they_use():
         # the stage's output holds each logical channel once, in blocks
         assert sorted(set(stage.pos_out.tolist())) == sorted(stage.pos_out.tolist()) and len(stage.pos_out) == width
         assert stage.out_width % BLOCK == 0 and stage.out_width <= padded(width) + 2 * BLOCK
+
+
+def test_channel_routes_follow_the_shuffles():
+    """Every channel a stage computes is read by exactly one later unit or leaves the stage, and a unit's branch
+    input is the second half of its input after the previous unit's shuffle (checked against channel_shuffle)."""
+    c, units = 58, 4
+    reader, branch_input, out = channel_routes(c, units)
+    assert len(reader) == (units + 1) * (c // 2) and all(reader[ch] > max(ch[0], 0) for ch in reader)
+    assert sorted(out) == sorted(ch for ch, r in reader.items() if r == units)
+    # replay the stage on channel labels with channel_shuffle: label = producer * 1000 + index
+    def label(ch):
+        return (ch[0] + 1) * 1000 + ch[1]
+
+    x = torch.tensor([label((-1, i)) for i in range(c // 2)] + [label((0, i)) for i in range(c // 2)],
+                     dtype=torch.float)
+    x = channel_shuffle(x.view(1, c, 1, 1), 2).flatten()
+    for k in range(1, units):
+        assert [label(ch) for ch, _ in sorted(branch_input[k].items(), key=lambda kv: kv[1])] == x[c // 2:].tolist()
+        new = torch.tensor([label((k, i)) for i in range(c // 2)], dtype=torch.float)
+        x = channel_shuffle(torch.cat((x[:c // 2], new)).view(1, c, 1, 1), 2).flatten()
+    assert [label(ch) for ch in out] == x.tolist()
