@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -95,12 +96,24 @@ def load_audio_clips(items: list[Item], sample_rate_hz: int) -> tuple[list[np.nd
     return clips, np.asarray(kept, np.int64), skipped
 
 
-def _save(path: Path, skipped: Counter, **arrays) -> None:
+def atomic_save(path: Path, write) -> None:
+    """Write `path` through `write(temporary path)` and a rename: a reader never sees a half-written file, and two
+    processes preparing the same data at once (the ranks of a torchrun job) each write their own temporary file,
+    the last rename winning with the same contents. The temporary name keeps the suffix, which numpy insists on."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, skip_reasons=np.asarray(list(skipped), dtype=str), skip_counts=np.asarray(list(skipped.values()),
-             dtype=np.int64), **arrays)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save(path: Path, skipped: Counter, **arrays) -> None:
+    atomic_save(path, lambda tmp: np.savez(tmp, skip_reasons=np.asarray(list(skipped), dtype=str),
+                                           skip_counts=np.asarray(list(skipped.values()), dtype=np.int64), **arrays))
 
 
 def pixel_hashes(crops: np.ndarray) -> list[bytes]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..app.audio import centre_window
 from .augment import augment_audio, augment_faces, random_window
-from .cache import cache_dir
+from .cache import atomic_save, cache_dir
 from .checkpoint import weights_sha256
 from .metrics import summarise
 from .network import AVTCA
@@ -162,10 +162,7 @@ def cached_frame_embeddings(model: AVTCA, crops: np.ndarray, views: int, seed: i
     if path.is_file():
         return np.load(path)
     out = frame_embeddings(model, crops, views, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(path)
+    atomic_save(path, lambda tmp: np.save(tmp, out))
     return out
 
 

@@ -163,3 +163,21 @@ def test_ferplus_votes_become_soft_targets():
     assert soft[0, LIVE_LABELS.index("angry")] == pytest.approx(0.5 + 0.5 * 3 / 10)
     assert soft[0, LIVE_LABELS.index("neutral")] == pytest.approx(0.5 * 4 / 10)
     assert soft[1, LIVE_LABELS.index("happy")] == 1.0  # no votes: the FER2013 label alone
+
+
+def test_two_writers_of_one_cache_file_do_not_collide(tmp_path):
+    """Two processes preparing the same data (the ranks of a torchrun job) may save the same cache file at the
+    same moment: each writes its own temporary file, both renames succeed, and no temporary file is left."""
+    from avtca.model.cache import atomic_save
+
+    path = tmp_path / "cache" / "voices-abc.npz"
+
+    def outer(tmp):
+        np.savez(tmp, x=np.arange(3))
+        atomic_save(path, lambda other: np.savez(other, x=np.arange(5)))  # the other rank, in between
+        assert path.is_file() and tmp.is_file()
+
+    atomic_save(path, outer)
+    with np.load(path) as saved:
+        assert saved["x"].tolist() == [0, 1, 2]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
