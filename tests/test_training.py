@@ -115,7 +115,7 @@ def test_ddp_two_gloo_processes_stay_in_lockstep(recipe, tmp_path):
            f"ravdess={recipe['voices']}", "--max-items", "64", "--epochs", "1", "--out", str(tmp_path / "ddp"),
            "--no-progress", "--threads", "1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]  # the failing rank's traceback too
     digests = re.findall(r"rank (\d)/2 weights sha256 ([0-9a-f]{64})", result.stdout)
     assert sorted(r for r, _ in digests) == ["0", "1"]
     assert digests[0][1] == digests[1][1]
