@@ -8,23 +8,20 @@ back to plain NCHW and another copy. The ShuffleNetV2 units of the face CNN have
 `PackedFaceEncoder` computes exactly what `FaceEncoder` computes (to float rounding), with:
 - BatchNorm folded into each convolution's weights and bias;
 - every width zero-padded to a multiple of 16 (padded channels hold exact zeros throughout);
-- no Split, Concat or shuffle. A unit's tensor keeps each channel at a fixed physical position and the
-  shuffles become bookkeeping (`pos`: logical channel -> physical position), absorbed into the weights:
-  a stride-1 unit's branch reads its half from the whole tensor (zero weights for the other half), writes
-  its output where that half was, and the untouched half is carried by a per-channel 0/1 mask added before
-  the final ReLU. Inputs of every unit are ReLU outputs (>= 0) and the two parts never overlap, so
-  relu(branch + kept) equals concat(kept, relu(branch)) channel by channel. A stride-2 unit's two branches
-  each write their own positions and are summed;
-- the pixel scaling x * 2/255 - 1 folded into the stem: (x - 127.5) times scaled weights, which keeps the
-  zero padding of the stem convolution exact.
+- no Split and no shuffle. The shuffles decide, for every channel a unit writes, which later unit reads it, so
+  each unit writes its channels straight into tensors for their readers (`PiecedStage`) and every convolution
+  reads only the channels it uses; the shuffles become bookkeeping (`pos`: logical channel -> physical position)
+  absorbed into the weights;
+- the stem reading the crops' channel-last pixels as they are stored (`InterleavedStem`), without a transpose,
+  and the pixel scaling x * 2/255 - 1 folded into it: (x - 127.5) times scaled weights, which keeps the zero
+  padding exact;
+- the local feature extractor's four patches run at once, their quarters moved into channels (`PackedLocal`),
+  with stage 2 ending in the order that leaves its channels in, so the two add as they are.
 
-Stage 2 works on one tensor as described: its first unit picks its output positions so that after the stage's
-shuffles every channel lands where the local feature extractor, added to it, puts it (`PackedLocal`: its grouped
-convolution written as depthwise ones, which fixes that order). Stages 3 and 4 (`PiecedStage`) go further: each
-unit writes every channel straight into a tensor for the one later unit that reads it, so no convolution reads
-or writes a half it does not use and no mask is needed. Paper preset, ONNX Runtime, one thread, measured side by
-side in one process: 94.9 ms packed with one tensor per stage, 81.9 ms with stages 3 and 4 pieced, 79.2 ms with
-the depthwise local feature extractor too (PyTorch eager 156 ms in that run).
+Paper preset, ONNX Runtime, one thread, measured side by side in one process: 94.9 ms with one tensor per stage
+and 0/1 masks carrying the kept halves, 81.9 ms with stages 3 and 4 pieced, 79.2 ms with the local feature
+extractor's grouped convolution as depthwise ones (PyTorch eager 156 ms in that run); see the README for what
+followed.
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import InvertedResidual
 from .network import AVTCA, FaceEncoder
 
 BLOCK = 16  # channels per block of ONNX Runtime's NCHWc layout on AVX-512
@@ -65,8 +61,7 @@ def _fold(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor, nn.Conv2d, bo
 class PlacedConv(nn.Module):
     """A folded convolution with its rows and columns placed at physical channel positions of padded tensors."""
 
-    def __init__(self, seq: nn.Sequential, rows: np.ndarray, out_width: int, cols: np.ndarray, in_width: int,
-                 input_scale: float = 1.0):
+    def __init__(self, seq: nn.Sequential, rows: np.ndarray, out_width: int, cols: np.ndarray, in_width: int):
         super().__init__()
         weight, bias, conv, self.relu = _fold(seq)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
@@ -75,7 +70,7 @@ class PlacedConv(nn.Module):
         self.groups = 1
         rows_t = torch.as_tensor(rows, dtype=torch.long)
         w = weight.new_zeros(out_width, in_width, *weight.shape[2:])
-        w[rows_t[:, None], torch.as_tensor(cols, dtype=torch.long)[None, :]] = weight * input_scale
+        w[rows_t[:, None], torch.as_tensor(cols, dtype=torch.long)[None, :]] = weight
         b = bias.new_zeros(out_width)
         b[rows_t] = bias
         self.register_buffer("weight", w)
@@ -104,78 +99,34 @@ class PlacedDepthwise(PlacedConv):
         self.register_buffer("bias", b)
 
 
-class PackedUnit(nn.Module):
-    """One InvertedResidual on padded tensors. `pos_in`: physical position of each logical input channel.
+class InterleavedStem(nn.Module):
+    """The stem convolution read straight from pixels stored channel-last, without a transpose.
 
-    After construction, `pos_out` holds the physical position of each logical output channel (after the
-    unit's channel shuffle). `first_positions` fixes where a stride-2 unit writes its pre-shuffle channels.
+    With each image row's C channels interleaved (N, 1, H, W * C), a k x k convolution of stride s on C channels is
+    a k x (k * C) convolution of stride (s, s * C) on one channel: kernel column kx * C + c holds weight (c, kx).
+    Zero padding of p pixels is p rows and p * C columns. The pixel scaling x * 2/255 - 1 is folded in as
+    (x - 127.5) times scaled weights, which keeps the zero padding exact.
     """
 
-    def __init__(self, unit: InvertedResidual, c_in: int, c_out: int, pos_in: np.ndarray,
-                 first_positions: np.ndarray | None = None):
+    def __init__(self, seq: nn.Sequential, out_width: int):
         super().__init__()
-        half = c_out // 2
-        in_w, out_w, half_w = padded(c_in), padded(c_out), padded(half)
-        ident = np.arange(half)
-        if len(unit.branch2) != 3:
-            raise ValueError("only depthwise units are packed (see packs())")
-        if unit.stride > 1:
-            # Both branches read the whole input; each writes its half of the pre-shuffle channels where
-            # first_positions says, and the two are summed (their channels never overlap).
-            pre = first_positions if first_positions is not None else np.arange(c_out)
-            dw, pw = unit.branch1
-            self.b1 = nn.ModuleList([PlacedDepthwise(dw, pos_in, in_w),
-                                     PlacedConv(pw, pre[:half], out_w, pos_in, in_w)])
-            reads, writes = pos_in, pre[half:]
-        else:
-            # The kept half stays where it is; the branch reads the other half and writes where it was.
-            pre = pos_in
-            self.b1 = None
-            keep = torch.zeros(1, out_w, 1, 1)
-            keep[0, torch.as_tensor(pos_in[:half], dtype=torch.long)] = 1.0
-            self.register_buffer("keep_mask", keep)
-            reads, writes = pos_in[half:], pos_in[half:]
-        first, dw, last = unit.branch2
-        self.b2 = nn.ModuleList([PlacedConv(first, ident, half_w, reads, in_w), PlacedDepthwise(dw, ident, half_w),
-                                 PlacedConv(last, writes, out_w, ident, half_w)])
-        self.pos_out = np.asarray(pre)[shuffle_source(c_out)]
+        weight, bias, conv, self.relu = _fold(seq)
+        if conv.groups != 1:
+            raise ValueError("the stem convolution is dense")
+        out, c, kh, kw = weight.shape
+        self.channels = c
+        self.stride = (conv.stride[0], conv.stride[1] * c)
+        self.padding = (conv.padding[0], conv.padding[1] * c)
+        w = weight.new_zeros(out_width, 1, kh, kw * c)
+        w[:out, 0] = (weight * (2.0 / 255.0)).permute(0, 2, 3, 1).reshape(out, kh, kw * c)
+        b = bias.new_zeros(out_width)
+        b[:out] = bias
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for conv in self.b2[:-1]:
-            y = conv(y)
-        if self.b1 is not None:
-            z = x
-            for conv in self.b1[:-1]:
-                z = conv(z)
-            other = self.b1[-1](z, relu=False)
-        else:
-            other = x * self.keep_mask
-        return self.b2[-1](y, add=other, relu=True)
-
-
-def packed_stage(stage: nn.Sequential, c_in: int, c_out: int, pos_in: np.ndarray,
-                 pos_end: np.ndarray | None = None) -> nn.Sequential:
-    """A stage (one stride-2 unit, then stride-1 units) whose output channel c ends at physical position
-    pos_end[c] (default: logical order)."""
-    units = list(stage)
-    # pos after the stage = first_positions composed with the shuffle source once per unit; choose
-    # first_positions so that this composition lands every channel at pos_end.
-    target = np.arange(c_out) if pos_end is None else np.asarray(pos_end)
-    src = shuffle_source(c_out)
-    composed = np.arange(c_out)
-    for _ in units:
-        composed = composed[src]
-    first = np.empty(c_out, dtype=np.int64)
-    first[composed] = target
-    packed, pos = [], pos_in
-    for i, unit in enumerate(units):
-        p = PackedUnit(unit, c_in if i == 0 else c_out, c_out, pos, first if i == 0 else None)
-        packed.append(p)
-        pos = p.pos_out
-    if not np.array_equal(pos, target):
-        raise AssertionError("packed stage does not end where it was asked to")
-    return nn.Sequential(*packed)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return F.relu(y) if self.relu else y
 
 
 class PieceConv(nn.Module):
@@ -218,15 +169,37 @@ def channel_routes(c_out: int, units: int) -> tuple[dict, dict, list]:
     return reader, branch_input, cur
 
 
-def piece_tensors(reader: dict, units: int) -> tuple[list[list], list[int]]:
+def end_tensors(out: list, pos_end: np.ndarray, width: int) -> list[list]:
+    """The tensors that hold a stage's output when output channel c must land at pos_end[c] of a `width`-channel
+    tensor: the width cut into blocks, consecutive blocks written by the same producers forming one tensor. Each
+    tensor lists its channels by position, None for padding."""
+    blocks = [[None] * BLOCK for _ in range(width // BLOCK)]
+    for c, ch in enumerate(out):
+        blocks[pos_end[c] // BLOCK][pos_end[c] % BLOCK] = ch
+    producers = [{ch[0] for ch in block if ch is not None} for block in blocks]
+    if not all(producers):
+        raise ValueError("every block of the stage's output must hold at least one channel")
+    tensors: list[list] = []
+    for b, block in enumerate(blocks):
+        if b and producers[b] == producers[b - 1]:
+            tensors[-1] += block
+        else:
+            tensors.append(list(block))
+    return tensors
+
+
+def piece_tensors(reader: dict, units: int, end: list[list] | None = None) -> tuple[list[list], list[int]]:
     """The tensors a `PiecedStage` writes: for each reader, one per producer, except that the producers' pieces
-    of fewer than SMALL channels share one. Returns each tensor's channels in order and its reader."""
+    of fewer than SMALL channels share one; the stage's output as `end` lays it out, if given. Returns each
+    tensor's channels by position (None for padding) and its reader."""
     groups: dict[tuple[int, int], list] = {}
     for ch, k in sorted(reader.items()):
         groups.setdefault((ch[0], k), []).append(ch)
     slots: list[list] = []
     readers: list[int] = []
-    for k in range(1, units + 1):
+    if end is not None:
+        slots, readers = list(end), [units] * len(end)
+    for k in range(1, units + (end is None)):
         small = []
         for (_, r), chans in sorted(groups.items()):
             if r != k:
@@ -253,10 +226,13 @@ class PiecedStage(nn.Module):
     units would make many small pieces; those meant for one reader (fewer than SMALL from each writer) share one
     tensor, which each writer adds its rows to (relu(conv + partial) is exact: the rows never overlap, and the
     partial is a ReLU output). The pieces that leave the stage are concatenated; `pos_out` gives each logical
-    output channel's position there and `out_width` the width.
+    output channel's position there and `out_width` the width. With `pos_end`, the output is laid out as asked
+    instead (channel c at pos_end[c] of `end_width`; see `end_tensors`), which works when each block there is
+    written by few units.
     """
 
-    def __init__(self, stage: nn.Sequential, c_out: int, pos_in: np.ndarray, in_width: int):
+    def __init__(self, stage: nn.Sequential, c_out: int, pos_in: np.ndarray, in_width: int,
+                 pos_end: np.ndarray | None = None, end_width: int = 0):
         super().__init__()
         units = list(stage)
         n, half = len(units), c_out // 2
@@ -266,15 +242,16 @@ class PiecedStage(nn.Module):
         if any(len(u.branch2) != 3 for u in units):
             raise ValueError("only depthwise units are pieced (see packs())")
         reader, branch_input, cur = channel_routes(c_out, n)
-        slots, readers = piece_tensors(reader, n)
-        where = {ch: (t, i) for t, chans in enumerate(slots) for i, ch in enumerate(chans)}
+        end = None if pos_end is None else end_tensors(cur, pos_end, end_width)
+        slots, readers = piece_tensors(reader, n, end)
+        where = {ch: (t, i) for t, chans in enumerate(slots) for i, ch in enumerate(chans) if ch is not None}
 
         def writes(seq: nn.Sequential, producer: int, cols: np.ndarray, width: int) -> tuple[list, nn.ModuleList]:
             """The producer's output convolution, one per tensor it writes to; `cols`: physical input positions."""
             weight, bias, _, relu = _fold(seq)
             tensors, convs = sorted({where[(producer, i)][0] for i in range(weight.shape[0])}), []
             for t in tensors:
-                rows = [(i, ch[1]) for i, ch in enumerate(slots[t]) if ch[0] == producer]
+                rows = [(i, ch[1]) for i, ch in enumerate(slots[t]) if ch is not None and ch[0] == producer]
                 at = torch.as_tensor([r for r, _ in rows], dtype=torch.long)
                 idx = torch.as_tensor([i for _, i in rows], dtype=torch.long)
                 w = weight.new_zeros(padded(len(slots[t])), width, 1, 1)
@@ -350,33 +327,52 @@ class PackedLocal(nn.Module):
     """The local feature extractor on padded tensors: four patches, each a grouped 3x3 (stride 2, `multiplier`
     outputs per input channel) then a depthwise 3x3.
 
-    A grouped convolution with a channel multiplier runs outside ONNX Runtime's blocked kernels (and slowly: one
-    tiny matrix product per group). Written as `multiplier` depthwise convolutions instead, the j-th computing each
-    input channel's j-th output, everything runs blocked; their outputs are concatenated, so the tensor holds
-    logical channel m * g + j at `local_positions` (block j, index g), and stage 2 is packed to end in that order.
+    Cut into quarters and tiled back, the four patches cost ONNX Runtime more in slices, layout conversions and
+    concatenations than in convolutions. So one transpose moves the quarters into channels (channel q * w + g:
+    quarter q, input channel g at its padded position) and every patch runs at once. A grouped convolution with a
+    channel multiplier runs outside ONNX Runtime's blocked kernels (one tiny matrix product per group), so it is
+    written as `multiplier` depthwise convolutions, the j-th computing each input channel's j-th output; their
+    outputs are concatenated (channel j * 4w + q * w + g), the depthwise 3x3 runs on all of them, and one transpose
+    tiles the quarters back. The result holds logical channel m * g + j at `local_positions` (block j, index g);
+    stage 2 is packed to end in that order.
     """
 
     def __init__(self, local: nn.Module, c_in: int, multiplier: int):
         super().__init__()
         in_w = padded(c_in)
+        self.width, self.multiplier = in_w, multiplier
         self.pos = local_positions(c_in, multiplier)
-        self.patches = nn.ModuleList()
-        for patch in local.patches:
-            weight, bias, conv, relu = _fold(patch[0])
-            parts = nn.ModuleList()
+        quarters = len(local.patches)
+        folded = [(_fold(patch[0]), _fold(patch[1])) for patch in local.patches]
+        (_, _, conv, relu), (_, _, conv2, relu2) = folded[0]
+        first = []
+        for j in range(multiplier):
+            w = conv.weight.new_zeros(quarters * in_w, 1, *conv.weight.shape[2:])
+            b = conv.weight.new_zeros(quarters * in_w)
+            for q, ((weight, bias, _, _), _) in enumerate(folded):
+                w[q * in_w:q * in_w + c_in] = weight[j::multiplier]
+                b[q * in_w:q * in_w + c_in] = bias[j::multiplier]
+            first.append(PieceConv(w, b, relu, conv.stride[0], conv.padding[0], quarters * in_w))
+        self.first = nn.ModuleList(first)
+        # Second convolution: channel j * 4w + q * w + g holds logical channel m * g + j of quarter q.
+        width = multiplier * quarters * in_w
+        w = conv2.weight.new_zeros(width, 1, *conv2.weight.shape[2:])
+        b = conv2.weight.new_zeros(width)
+        for q, (_, (weight, bias, _, _)) in enumerate(folded):
             for j in range(multiplier):
-                w = weight.new_zeros(in_w, 1, *weight.shape[2:])
-                w[:c_in] = weight[j::multiplier]
-                b = bias.new_zeros(in_w)
-                b[:c_in] = bias[j::multiplier]
-                parts.append(PieceConv(w, b, relu, conv.stride[0], conv.padding[0], in_w))
-            self.patches.append(nn.ModuleList([parts, PlacedDepthwise(patch[1], self.pos, in_w * multiplier)]))
+                at = j * quarters * in_w + q * in_w
+                w[at:at + c_in] = weight[j::multiplier]
+                b[at:at + c_in] = bias[j::multiplier]
+        self.second = PieceConv(w, b, relu2, conv2.stride[0], conv2.padding[0], width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2] // 2, x.shape[3] // 2
-        quarters = (x[:, :, :h, :w], x[:, :, :h, w:], x[:, :, h:, :w], x[:, :, h:, w:])
-        tiles = [dw(torch.cat([part(q) for part in parts], dim=1)) for (parts, dw), q in zip(self.patches, quarters)]
-        return torch.cat((torch.cat(tiles[:2], dim=3), torch.cat(tiles[2:], dim=3)), dim=2)
+        n, c, hh, ww = x.shape
+        h, w = hh // 2, ww // 2
+        quarters = x.reshape(n, c, 2, h, 2, w).permute(0, 2, 4, 1, 3, 5).reshape(n, 4 * c, h, w)
+        y = self.second(torch.cat([conv(quarters) for conv in self.first], dim=1))
+        oh, ow = y.shape[2:]
+        y = y.reshape(n, self.multiplier, 2, 2, c, oh, ow).permute(0, 1, 4, 2, 5, 3, 6)
+        return y.reshape(n, self.multiplier * c, 2 * oh, 2 * ow)
 
 
 class PackedSpatial(nn.Module):
@@ -429,7 +425,8 @@ def _pad_modulator(modulator: nn.Module, pos: np.ndarray, width: int) -> nn.Modu
 
 
 class PackedFaceEncoder(nn.Module):
-    """`FaceEncoder` for inference: raw float pixels (N, C, H, W) in [0, 255] -> (N, embed), same numbers."""
+    """`FaceEncoder` for inference: raw float pixels (N, 1, H, W * C) in [0, 255], each row its pixels' channels
+    interleaved as they arrive (see `InterleavedStem`) -> (N, embed), the same numbers."""
 
     def __init__(self, encoder: FaceEncoder, widths: tuple[int, ...]):
         super().__init__()
@@ -439,13 +436,11 @@ class PackedFaceEncoder(nn.Module):
         stage2_w = w0p * multiplier
         if stage2_w != padded(w[1]):
             raise ValueError(f"packed face CNN: widths {w[0]} and {w[1]} do not pad consistently")
-        stem_conv = encoder.stem[0]
-        self.stem = PlacedConv(stem_conv, np.arange(w[0]), w0p, np.arange(stem_conv[0].in_channels),
-                               stem_conv[0].in_channels, input_scale=2.0 / 255.0)
+        self.stem = InterleavedStem(encoder.stem[0], w0p)
         pool = encoder.stem[1]
         self.pool = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding)
         self.local = PackedLocal(encoder.local, w[0], multiplier)
-        self.stage2 = packed_stage(encoder.stage2, w[0], w[1], np.arange(w[0]), self.local.pos)
+        self.stage2 = PiecedStage(encoder.stage2, w[1], np.arange(w[0]), w0p, self.local.pos, stage2_w)
         self.modulator = _pad_modulator(encoder.modulator, self.local.pos, stage2_w)
         self.stage3 = PiecedStage(encoder.stage3, w[2], self.local.pos, stage2_w)
         self.stage4 = PiecedStage(encoder.stage4, w[3], self.stage3.pos_out, self.stage3.out_width)
@@ -456,8 +451,10 @@ class PackedFaceEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.flip_average:
-            n = pixels.shape[0]
-            both = self.embed(torch.cat((pixels, pixels.flip(3)), dim=0))
+            n, _, h, wc = pixels.shape
+            c = self.stem.channels
+            mirrored = pixels.reshape(n, 1, h, wc // c, c).flip(3).reshape(pixels.shape)
+            both = self.embed(torch.cat((pixels, mirrored), dim=0))
             return (both[:n] + both[n:]) * 0.5
         return self.embed(pixels)
 
@@ -469,11 +466,12 @@ class PackedFaceEncoder(nn.Module):
 
 
 class RawFaceFrontEnd(nn.Module):
-    """(B, T, H, W, C) uint8 crops -> (B * T, C, H, W) float32 pixels in [0, 255] (the scaling is in the stem)."""
+    """(B, T, H, W, C) uint8 crops -> (B * T, 1, H, W * C) float32 pixels in [0, 255], channels interleaved as
+    stored: a reshape, no transpose (the scaling is in the stem)."""
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         b, t, h, w, c = faces.shape
-        return faces.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
+        return faces.reshape(b * t, 1, h, w * c).float()
 
 
 def packs(cfg) -> bool:

@@ -77,7 +77,9 @@ def test_packed_frame_encoder_onnx_has_no_shuffles_and_only_aligned_widths(tmp_p
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["Split"] == 0
-    assert ops["Transpose"] == 1  # the crops' NHWC -> NCHW, nothing else
+    # none for the crops (the stem reads their channels interleaved), two in the local feature extractor
+    # (quarters into channels and back)
+    assert ops["Transpose"] == 2 and ops["Slice"] == 0
     weights = {t.name: t.dims for t in proto.graph.initializer}
     conv_widths = [weights[n.input[1]][0] for n in proto.graph.node if n.op_type == "Conv"]
     # every convolution writes a whole number of 16-channel blocks, except the spatial attention's one map
@@ -106,7 +108,10 @@ def test_inference_form_leaves_the_model_alone():
 def test_pieced_stages_read_and_write_only_the_channels_they_use():
     model = model_with_statistics("paper")
     encoder = inference_form(model).face_encoder
-    for stage, width in ((encoder.stage3, 232), (encoder.stage4, 464)):
+    # stage 2 ends where the local feature extractor puts each channel, so the two add up as they are
+    assert np.array_equal(encoder.stage2.pos_out, encoder.local.pos)
+    assert encoder.stage2.out_width == 128
+    for stage, width in ((encoder.stage2, 116), (encoder.stage3, 232), (encoder.stage4, 464)):
         half = width // 2
         # a unit's first convolution reads its half (plus block padding), not the whole tensor
         assert all(sum(conv.weight.shape[1] for conv in reads) <= padded(half) + 2 * BLOCK for reads in stage.reads)
