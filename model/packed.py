@@ -334,13 +334,13 @@ class PackedLocal(nn.Module):
     written as `multiplier` depthwise convolutions, the j-th computing each input channel's j-th output; their
     outputs are concatenated (channel j * 4w + q * w + g), the depthwise 3x3 runs on all of them, and one transpose
     tiles the quarters back. The result holds logical channel m * g + j at `local_positions` (block j, index g);
-    stage 2 is packed to end in that order.
+    stage 2 is pieced to end in that order.
     """
 
     def __init__(self, local: nn.Module, c_in: int, multiplier: int):
         super().__init__()
         in_w = padded(c_in)
-        self.width, self.multiplier = in_w, multiplier
+        self.multiplier = multiplier
         self.pos = local_positions(c_in, multiplier)
         quarters = len(local.patches)
         folded = [(_fold(patch[0]), _fold(patch[1])) for patch in local.patches]
@@ -367,6 +367,8 @@ class PackedLocal(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
+        if hh % 2 or ww % 2:
+            raise ValueError(f"the packed local feature extractor needs an even feature map, not {hh}x{ww}")
         h, w = hh // 2, ww // 2
         quarters = x.reshape(n, c, 2, h, 2, w).permute(0, 2, 4, 1, 3, 5).reshape(n, 4 * c, h, w)
         y = self.second(torch.cat([conv(quarters) for conv in self.first], dim=1))
