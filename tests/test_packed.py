@@ -18,6 +18,7 @@ from avtca.model.packed import (
     BLOCK,
     PackedFaceEncoder,
     channel_routes,
+    end_tensors,
     inference_form,
     packs,
     padded,
@@ -143,3 +144,16 @@ def test_channel_routes_follow_the_shuffles():
         new = torch.tensor([label((k, i)) for i in range(c // 2)], dtype=torch.float)
         x = channel_shuffle(torch.cat((x[:c // 2], new)).view(1, c, 1, 1), 2).flatten()
     assert [label(ch) for ch in out] == x.tolist()
+
+
+def test_end_tensors_lay_a_stage_output_out_as_asked():
+    """Blocks written by the same producers in a row make one tensor; every channel sits where it was asked."""
+    out = [(3, i) for i in range(20)] + [(2, i) for i in range(10)]
+    pos = np.array([i for i in range(20)] + [32 + i for i in range(10)])  # producer 3 in blocks 0-1, 2 in block 2
+    tensors = end_tensors(out, pos, 48)
+    assert [len(t) for t in tensors] == [32, 16]
+    placed = [ch for t in tensors for ch in t]
+    assert all(placed[p] == ch for p, ch in zip(pos, out))
+    assert sum(ch is None for ch in placed) == 48 - len(out)
+    with pytest.raises(ValueError, match="every block"):
+        end_tensors(out, pos, 64)  # the last block would hold nothing
