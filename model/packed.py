@@ -76,11 +76,9 @@ class PlacedConv(nn.Module):
         self.register_buffer("weight", w)
         self.register_buffer("bias", b)
 
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if add is not None:
-            y = y + add
-        return F.relu(y) if (self.relu if relu is None else relu) else y
+        return F.relu(y) if self.relu else y
 
 
 class PlacedDepthwise(PlacedConv):
