@@ -97,7 +97,7 @@ class PlacedDepthwise(PlacedConv):
         self.register_buffer("bias", b)
 
 
-class InterleavedStem(nn.Module):
+class InterleavedStem(PlacedConv):
     """The stem convolution read straight from pixels stored channel-last, without a transpose.
 
     With each image row's C channels interleaved (N, 1, H, W * C), a k x k convolution of stride s on C channels is
@@ -107,24 +107,21 @@ class InterleavedStem(nn.Module):
     """
 
     def __init__(self, seq: nn.Sequential, out_width: int):
-        super().__init__()
+        nn.Module.__init__(self)
         weight, bias, conv, self.relu = _fold(seq)
-        if conv.groups != 1:
-            raise ValueError("the stem convolution is dense")
+        if conv.groups != 1 or conv.dilation != (1, 1):
+            raise ValueError("the stem convolution is dense and undilated")
         out, c, kh, kw = weight.shape
         self.channels = c
         self.stride = (conv.stride[0], conv.stride[1] * c)
         self.padding = (conv.padding[0], conv.padding[1] * c)
+        self.dilation, self.groups = (1, 1), 1
         w = weight.new_zeros(out_width, 1, kh, kw * c)
         w[:out, 0] = (weight * (2.0 / 255.0)).permute(0, 2, 3, 1).reshape(out, kh, kw * c)
         b = bias.new_zeros(out_width)
         b[:out] = bias
         self.register_buffer("weight", w)
         self.register_buffer("bias", b)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        return F.relu(y) if self.relu else y
 
 
 class PieceConv(nn.Module):
@@ -195,9 +192,11 @@ def piece_tensors(reader: dict, units: int, end: list[list] | None = None) -> tu
         groups.setdefault((ch[0], k), []).append(ch)
     slots: list[list] = []
     readers: list[int] = []
+    grouped = range(1, units + 1)  # every reader, the stage's output (reader `units`) included
     if end is not None:
         slots, readers = list(end), [units] * len(end)
-    for k in range(1, units + (end is None)):
+        grouped = range(1, units)
+    for k in grouped:
         small = []
         for (_, r), chans in sorted(groups.items()):
             if r != k:
