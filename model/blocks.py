@@ -144,6 +144,10 @@ class LocalFeatureExtractor(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # Its depthwise convolutions train faster in fp32 than in bf16 on a CPU.
+            with torch.autocast("cpu", enabled=False):
+                return self.forward(x.float())
         h, w = x.shape[2] // 2, x.shape[3] // 2
         top = torch.cat((self.patches[0](x[:, :, :h, :w]), self.patches[1](x[:, :, :h, w:])), dim=3)
         bottom = torch.cat((self.patches[2](x[:, :, h:, :w]), self.patches[3](x[:, :, h:, w:])), dim=3)

@@ -166,3 +166,22 @@ def test_spec_augment_masks_only_while_training():
     zeroed = (masked == 0) & (clean != 0)
     assert zeroed.any() and zeroed.float().mean() < 0.6
     assert torch.equal(masked[~zeroed & (masked != 0)], clean[~zeroed & (masked != 0)])
+
+
+def test_local_features_stay_fp32_under_cpu_autocast():
+    """Under bf16 autocast on a CPU the local feature extractor computes in fp32: the same numbers as without
+    autocast, forwards and backwards, while the stage beside it does run in bf16."""
+    torch.manual_seed(0)
+    enc = AVTCA(preset("live")).face_encoder.train()
+    x = torch.randn(4, preset("live").video_widths[0], 24, 24)
+    x32 = x.clone().requires_grad_(True)
+    plain = enc.local(x32)
+    plain.square().sum().backward()
+    xa = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16):
+        mixed = enc.local(xa)
+        assert enc.stage2(x).dtype == torch.bfloat16
+    mixed.square().sum().backward()
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, plain, atol=1e-6)
+    assert torch.allclose(xa.grad, x32.grad, atol=1e-5)
