@@ -147,6 +147,38 @@ PRESETS: dict[str, AVTCAConfig] = {
 }
 
 
+def parse_overrides(base: AVTCAConfig, pairs: list[str]) -> dict:
+    """FIELD=VALUE strings -> config overrides, each value read as the type the field holds in `base`
+    (a comma list for tuples, true/false for flags). Raises ValueError naming the bad pair."""
+    out: dict = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not hasattr(base, name):
+            fields = ", ".join(f.name for f in dataclasses.fields(base) if f.name not in ("preset", "notes"))
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {fields}")
+        if name in ("preset", "notes"):
+            raise ValueError(f"--set {pair!r}: {name} is not an architecture setting")
+        current = getattr(base, name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                value = text.lower() == "true"
+            elif isinstance(current, tuple):
+                kind = type(current[0]) if current else str
+                value = tuple(kind(v.strip()) for v in text.split(","))
+                if name != "labels" and len(value) != len(current):
+                    raise ValueError
+            else:
+                value = type(current)(text)
+        except ValueError:
+            raise ValueError(f"--set {pair!r}: {name} holds {current!r} in the preset; give a value of that "
+                             f"form") from None
+        out[name] = value
+    return out
+
+
 def preset(name: str, **overrides) -> AVTCAConfig:
     """The named preset, optionally with some fields replaced (e.g. head counts for an ablation)."""
     if name not in PRESETS:

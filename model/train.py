@@ -22,7 +22,7 @@ import torch
 
 from .cache import cache_dir, load_audio_clips, load_face_images, pixel_hashes
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
-from .config import PRESETS, preset
+from .config import PRESETS, parse_overrides, preset
 from .datasets import Item, read_dataset
 from .labels import map_label, mapping_table
 from .network import AVTCA, count_parameters
@@ -191,6 +191,9 @@ def clip_data(args, cfg) -> tuple[ClipData, dict]:
 
 def build_model(args) -> tuple[AVTCA, dict]:
     if args.init:
+        if args.set:
+            raise ValueError("--set shapes a new network; with --init the checkpoint's own config is used, "
+                             "so leave --set out")
         model, state = load_checkpoint(args.init)
         log(f"starting from {args.init} (preset {model.cfg.preset})")
         if args.flip_average and not model.cfg.face_flip_average:
@@ -198,7 +201,7 @@ def build_model(args) -> tuple[AVTCA, dict]:
             model.face_encoder.flip_average = True
             log("face embeddings at inference: mean of each crop and its mirror image (--flip-average)")
         return model.train(), (state.get("training") or {})
-    overrides = {}
+    overrides = parse_overrides(PRESETS[args.preset], args.set or [])
     if args.it_heads:
         overrides["it_heads"] = args.it_heads
     if args.ct_heads:
@@ -332,6 +335,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mix each training image, clip or pair with another of the batch, "
                         "weight ~ Beta(A, A), soft targets (0: off)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="replace one field of the preset's config for a new network (repeatable), e.g. "
+                        "--set stem_pool_stride=1 --set video_widths=16,64,128,256,512; stored in the checkpoint")
     p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
     p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
     p.add_argument("--flip-average", action="store_true",

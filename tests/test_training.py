@@ -269,3 +269,19 @@ def test_fusion_embeddings_are_cached_per_face_cnn(tmp_path, monkeypatch):
         model.face_encoder.conv5[0].weight.mul_(1.5)
     other = cached_frame_embeddings(model, crops, 3, seed=4)
     assert len(list(tmp_path.glob("embeddings-*.npy"))) == 2 and not np.array_equal(other, first)
+
+
+def test_set_shapes_a_new_network_and_is_refused_with_init(recipe):
+    args = train.parser().parse_args(["--stage", "face", "--out", "unused", "--set", "stem_pool_stride=1",
+                                      "--set", "video_widths=16,64,128,256,512"])
+    model, _ = train.build_model(args)
+    assert model.cfg.stem_pool_stride == 1 and model.cfg.video_widths == (16, 64, 128, 256, 512)
+    enc = model.face_encoder.eval()
+    with torch.no_grad():
+        assert enc.stem(torch.zeros(2, 1, 48, 48)).shape == (2, 16, 48, 48)  # no max pool: full resolution
+        assert enc(torch.zeros(2, 1, 48, 48)).shape == (2, 512)
+    with pytest.raises(ValueError, match="video_widths holds"):
+        train.build_model(train.parser().parse_args(["--stage", "face", "--out", "x", "--set", "video_widths=8,8"]))
+    with pytest.raises(ValueError, match="--set shapes a new network"):
+        train.build_model(train.parser().parse_args(["--stage", "voice", "--out", "x", "--init",
+                                                     str(recipe["face"] / "best.pt"), "--set", "dropout=0.2"]))
