@@ -76,21 +76,32 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
+def stage_folder(command: str, runs: Path | None) -> Path:
+    """Where a stage's run folder is: its command's --out, as written (relative to where the card is made); with
+    --runs, that folder's name under runs when the command's own folder has gone (runs moved or copied)."""
+    words = command.split()
+    given = [w.split("=", 1)[1] for w in words if w.startswith("--out=")]
+    given += [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--out"]
+    out = Path(given[-1]) if given else Path(".")
+    if runs is not None and not (out / "history.json").is_file():
+        return runs / out.name
+    return out
+
+
 def training_section(meta: dict, runs: Path | None) -> str:
     training = meta["training"]
     lines = ["- Exact commands, in order (`make model` runs them):"]
     for stage in training.get("stages", []):
         lines.append(f"  - `{stage['command']}`")
     total = typical = 0.0  # as run; every epoch at the fastest epoch's time (the recipe undisturbed, roughly)
-    if runs is not None:
-        for stage in training.get("stages", []):
-            history = runs / stage["stage"] / "history.json"
-            if history.is_file():
-                times = sorted(h["seconds"] for h in json.loads(history.read_text()))
-                total += sum(times)
-                typical += times[0] * len(times)
-                lines.append(f"- {stage['stage']} stage: {len(times)} epochs, {sum(times) / 60:.1f} min of epoch time "
-                             f"(fastest epoch {times[0]:.0f} s), best validation epoch {stage.get('best_epoch')}")
+    for stage in training.get("stages", []):
+        history = stage_folder(stage["command"], runs) / "history.json"
+        if history.is_file():
+            times = sorted(h["seconds"] for h in json.loads(history.read_text()))
+            total += sum(times)
+            typical += times[0] * len(times)
+            lines.append(f"- {stage['stage']} stage: {len(times)} epochs, {sum(times) / 60:.1f} min of epoch time "
+                         f"(fastest epoch {times[0]:.0f} s), best validation epoch {stage.get('best_epoch')}")
     if total:
         lines.append(f"- Training time on this machine ({cpu_name()}, {os.cpu_count()} cores, CPU only; sum of epoch "
                      f"times as they ran, slowed by any other work on the machine then; data decoding and caching not "
@@ -157,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m avtca.model.card", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("exported/avtca.onnx"))
     p.add_argument("--eval-dir", type=Path, default=Path("exported/eval"))
-    p.add_argument("--runs", type=Path, help="the recipe's run folder, for training times")
+    p.add_argument("--runs", type=Path, help="where the run folders are when not at the --out of each stage's command")
     p.add_argument("-o", "--output", type=Path, default=Path("exported/MODEL_CARD.md"))
     args = p.parse_args(argv)
     args.output.write_text(render(args.model, args.eval_dir, args.runs))

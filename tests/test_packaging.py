@@ -45,3 +45,27 @@ def test_shipped_model_is_valid_and_says_whether_it_is_trained():
         assert "UNTRAINED" in card and info.metadata["training"] is None
     else:
         assert info.metadata["training"]["command"] in card
+
+
+def test_model_card_times_each_stage_from_its_own_run_folder(tmp_path, monkeypatch):
+    """Two stages of one kind (a face CNN trained on, say) are timed from their own --out folders."""
+    import json
+
+    from avtca.model.card import stage_folder, training_section
+
+    monkeypatch.chdir(tmp_path)
+    seconds = {"runs/a/face": [100.0, 120.0], "runs/b/face_more": [90.0, 95.0, 99.0], "runs/a/voice": [5.0]}
+    for folder, times in seconds.items():
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "history.json").write_text(json.dumps([{"seconds": s} for s in times]))
+    stages = [{"stage": "face", "command": "avtca-train --stage face --out runs/a/face", "best_epoch": 2},
+              {"stage": "face", "command": "avtca-train --stage face --init runs/a/face/best.pt --out=runs/b/face_more",
+               "best_epoch": 3},
+              {"stage": "voice", "command": "avtca-train --stage voice --out gone/voice", "best_epoch": 1}]
+    text = training_section({"training": {"stages": stages}}, runs=tmp_path / "runs" / "a")
+    assert "- face stage: 2 epochs, 3.7 min of epoch time (fastest epoch 100 s), best validation epoch 2" in text
+    assert "- face stage: 3 epochs, 4.7 min of epoch time (fastest epoch 90 s), best validation epoch 3" in text
+    # The voice stage's folder moved: found by its name under --runs.
+    assert stage_folder(stages[2]["command"], tmp_path / "runs" / "a") == tmp_path / "runs" / "a" / "voice"
+    assert "- voice stage: 1 epochs" in text
+    assert "): 8 min; every epoch as fast as the fastest: 8 min" in text
