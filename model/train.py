@@ -189,6 +189,29 @@ def clip_data(args, cfg) -> tuple[ClipData, dict]:
 
 # ---- the stages -------------------------------------------------------------------------------------------
 
+# Config fields that shape the per-frame face CNN: two checkpoints agreeing on these hold interchangeable ones.
+FACE_CNN_FIELDS = ("face_size", "face_channels", "video_widths", "video_repeats", "stem_stride", "stem_pool_stride",
+                   "video_fused")
+
+
+def take_face_cnn(model: AVTCA, earlier: dict, path: Path) -> dict:
+    """Put the face CNN of the checkpoint at `path` into `model`; returns the training record of both, the
+    stages of `path` that `earlier` lacks appended, so that the commands that made every part stay listed."""
+    face_model, face_state = load_checkpoint(path)
+    differ = [f for f in FACE_CNN_FIELDS if getattr(face_model.cfg, f) != getattr(model.cfg, f)]
+    if differ:
+        raise ValueError(f"--face-from {path}: its face CNN differs from the --init checkpoint's in "
+                         f"{', '.join(differ)}; give checkpoints trained from one preset")
+    model.face_encoder.load_state_dict(face_model.face_encoder.state_dict())
+    log(f"face CNN from {path}")
+    face = face_state.get("training") or {}
+    stages = earlier.get("stages", [])
+    return {**earlier,
+            "datasets": sorted(set(earlier.get("datasets", [])) | set(face.get("datasets", []))),
+            "label_mapping": {**face.get("label_mapping", {}), **earlier.get("label_mapping", {})},
+            "stages": [*stages, *(s for s in face.get("stages", []) if s not in stages)]}
+
+
 def build_model(args) -> tuple[AVTCA, dict]:
     if args.init:
         if args.set:
@@ -196,11 +219,16 @@ def build_model(args) -> tuple[AVTCA, dict]:
                              "so leave --set out")
         model, state = load_checkpoint(args.init)
         log(f"starting from {args.init} (preset {model.cfg.preset})")
+        earlier = state.get("training") or {}
+        if args.face_from:
+            earlier = take_face_cnn(model, earlier, args.face_from)
         if args.flip_average and not model.cfg.face_flip_average:
             model.cfg = model.cfg.replace(face_flip_average=True)
             model.face_encoder.flip_average = True
             log("face embeddings at inference: mean of each crop and its mirror image (--flip-average)")
-        return model.train(), (state.get("training") or {})
+        return model.train(), earlier
+    if args.face_from:
+        raise ValueError("--face-from replaces the face CNN of the --init checkpoint; give --init too")
     overrides = parse_overrides(PRESETS[args.preset], args.set or [])
     if args.it_heads:
         overrides["it_heads"] = args.it_heads
@@ -309,6 +337,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["face", "voice", "fusion", "av"], required=True)
     p.add_argument("--preset", choices=sorted(PRESETS), default="live")
     p.add_argument("--init", type=Path, help="start from this checkpoint (its config wins over --preset)")
+    p.add_argument("--face-from", type=Path, help="with --init: take the per-frame face CNN from this checkpoint "
+                                                 "instead (e.g. a face stage trained on after the voice stage began)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves, confusion matrix")
     p.add_argument("--faces", action="append", metavar="DATASET=PATH", help="face images, e.g. fer2013=PATH")
     p.add_argument("--ferplus", type=Path, help="folder with fer2013new.csv and ferplus_to_fer2013_jpg.csv: "

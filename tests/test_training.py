@@ -285,3 +285,36 @@ def test_set_shapes_a_new_network_and_is_refused_with_init(recipe):
     with pytest.raises(ValueError, match="--set shapes a new network"):
         train.build_model(train.parser().parse_args(["--stage", "voice", "--out", "x", "--init",
                                                      str(recipe["face"] / "best.pt"), "--set", "dropout=0.2"]))
+
+
+def test_face_from_puts_another_face_cnn_into_the_init_checkpoint(recipe, tmp_path):
+    from avtca.model.checkpoint import save_checkpoint
+    from avtca.model.config import preset
+    from avtca.model.network import AVTCA
+
+    voice_model, voice_state = load_checkpoint(recipe["voice"] / "best.pt")
+    torch.manual_seed(5)
+    other = AVTCA(preset("live"))  # a face CNN unlike the recipe's: other weights, its own record
+    record = {"datasets": ["fer2013=elsewhere"], "label_mapping": {"face_label_mapping": {"fear": "fearful"}},
+              "stages": [{"stage": "face", "command": "avtca-train --stage face --out elsewhere"}]}
+    save_checkpoint(tmp_path / "other.pt", other, training=record)
+    args = train.parser().parse_args(["--stage", "fusion", "--out", "x", "--init", str(recipe["voice"] / "best.pt"),
+                                      "--face-from", str(tmp_path / "other.pt")])
+    model, earlier = train.build_model(args)
+    for name, tensor in model.state_dict().items():
+        source = other if name.startswith("face_encoder.") else voice_model
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    assert earlier["stages"] == [*voice_state["training"]["stages"], record["stages"][0]]
+    assert "fer2013=elsewhere" in earlier["datasets"] and set(voice_state["training"]["datasets"]) <= set(
+        earlier["datasets"])
+    # Taken from the recipe's own face run, whose stage the voice checkpoint already lists: listed once.
+    args.face_from = recipe["face"] / "best.pt"
+    assert train.build_model(args)[1]["stages"] == voice_state["training"]["stages"]
+
+    save_checkpoint(tmp_path / "wide.pt", AVTCA(preset("live", video_widths=(16, 64, 128, 256, 512))), training=None)
+    args.face_from = tmp_path / "wide.pt"
+    with pytest.raises(ValueError, match="differs from the --init checkpoint's in video_widths"):
+        train.build_model(args)
+    with pytest.raises(ValueError, match="give --init too"):
+        train.build_model(train.parser().parse_args(["--stage", "fusion", "--out", "x", "--face-from",
+                                                     str(tmp_path / "other.pt")]))
