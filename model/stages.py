@@ -131,7 +131,9 @@ def soft_targets(y: np.ndarray, votes: list[list[int] | None], labels: tuple[str
 @torch.no_grad()
 def face_predict(classifier: FrameClassifier, crops: np.ndarray) -> np.ndarray:
     classifier.eval()
-    out = [classifier(to_pixels(crops[i:i + EVAL_BATCH])).argmax(1) for i in range(0, len(crops), EVAL_BATCH)]
+    device = next(classifier.parameters()).device
+    out = [classifier(to_pixels(crops[i:i + EVAL_BATCH]).to(device)).argmax(1).cpu()
+           for i in range(0, len(crops), EVAL_BATCH)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 

@@ -194,22 +194,35 @@ FACE_CNN_FIELDS = ("face_size", "face_channels", "video_widths", "video_repeats"
                    "video_fused")
 
 
-def take_face_cnn(model: AVTCA, earlier: dict, path: Path) -> dict:
-    """Put the face CNN of the checkpoint at `path` into `model`; returns the training record of both, the
-    stages of `path` that `earlier` lacks appended, so that the commands that made every part stay listed."""
+def take_face_cnn(model: AVTCA, earlier: dict, path: Path) -> tuple[AVTCA, dict]:
+    """`model` with the face CNN of the checkpoint at `path`, and the training record of both (the stages of
+    `path` that `earlier` lacks appended, so that the commands that made every part stay listed).
+
+    The face CNN may be shaped differently (wider, deeper) as long as its embedding has the width the temporal
+    layers read; the result then takes the face CNN's shape fields into its config."""
     face_model, face_state = load_checkpoint(path)
-    differ = [f for f in FACE_CNN_FIELDS if getattr(face_model.cfg, f) != getattr(model.cfg, f)]
+    width, wanted = face_model.face_encoder.out_features, model.face_encoder.out_features
+    if width != wanted:
+        raise ValueError(f"--face-from {path}: its face CNN gives {width}-wide embeddings where the --init "
+                         f"checkpoint's temporal layers read {wanted}; give a face CNN whose last video_widths "
+                         f"entry is {wanted}")
+    differ = {f: getattr(face_model.cfg, f) for f in FACE_CNN_FIELDS
+              if getattr(face_model.cfg, f) != getattr(model.cfg, f)}
     if differ:
-        raise ValueError(f"--face-from {path}: its face CNN differs from the --init checkpoint's in "
-                         f"{', '.join(differ)}; give checkpoints trained from one preset")
+        reshaped = AVTCA(model.cfg.replace(**differ))
+        kept = {k: v for k, v in model.state_dict().items() if not k.startswith("face_encoder.")}
+        missing = reshaped.load_state_dict(kept, strict=False).missing_keys
+        assert all(k.startswith("face_encoder.") for k in missing), missing
+        log(f"face CNN reshaped to the one in {path}: " + ", ".join(f"{k}={v}" for k, v in differ.items()))
+        model = reshaped
     model.face_encoder.load_state_dict(face_model.face_encoder.state_dict())
     log(f"face CNN from {path}")
     face = face_state.get("training") or {}
     stages = earlier.get("stages", [])
-    return {**earlier,
-            "datasets": sorted(set(earlier.get("datasets", [])) | set(face.get("datasets", []))),
-            "label_mapping": {**face.get("label_mapping", {}), **earlier.get("label_mapping", {})},
-            "stages": [*stages, *(s for s in face.get("stages", []) if s not in stages)]}
+    return model, {**earlier,
+                   "datasets": sorted(set(earlier.get("datasets", [])) | set(face.get("datasets", []))),
+                   "label_mapping": {**face.get("label_mapping", {}), **earlier.get("label_mapping", {})},
+                   "stages": [*stages, *(s for s in face.get("stages", []) if s not in stages)]}
 
 
 def build_model(args) -> tuple[AVTCA, dict]:
@@ -221,7 +234,7 @@ def build_model(args) -> tuple[AVTCA, dict]:
         log(f"starting from {args.init} (preset {model.cfg.preset})")
         earlier = state.get("training") or {}
         if args.face_from:
-            earlier = take_face_cnn(model, earlier, args.face_from)
+            model, earlier = take_face_cnn(model, earlier, args.face_from)
         if args.flip_average and not model.cfg.face_flip_average:
             model.cfg = model.cfg.replace(face_flip_average=True)
             model.face_encoder.flip_average = True
@@ -249,7 +262,7 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         validate = lambda: summarise(data.val_y, face_predict(module, data.val), cfg.labels)  # noqa: E731
         batches = lambda e: face_batches(data, e, seed, cfg.num_classes, args.mixup)  # noqa: E731
         return Stage("face", module, batches, face_loss, validate, None, cfg.labels,
-                     max(len(data.train) // FACE_BATCH, 1)), info
+                     max(len(data.train) // FACE_BATCH, 1), validates_on_device=True), info
     if args.stage == "voice":
         data, info = voice_data(args, cfg)
         module = VoiceHead(model)

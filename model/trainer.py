@@ -96,6 +96,7 @@ class Stage:
     save: Callable[[Path, torch.optim.Optimizer, dict], None]  # write a checkpoint (path, optimizer, extra)
     labels: tuple[str, ...]
     steps_per_epoch: int
+    validates_on_device: bool = False  # validate() runs the module wherever it is (else it visits the CPU)
 
 
 def to_device(batch: tuple, device: str) -> tuple:
@@ -174,8 +175,10 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
         if world > 1:
             average_buffers(module, world)
         module.eval()
-        # Validation functions hold their data on the CPU; the module visits it there.
-        metrics = stage.validate() if device == "cpu" else _validate_on_cpu(stage, module, device)
+        # Validation data lives on the CPU: a stage that moves its batches validates on the device, for the
+        # others the module visits the CPU.
+        on_device = device == "cpu" or stage.validates_on_device
+        metrics = stage.validate() if on_device else _validate_on_cpu(stage, module, device)
         record = {"epoch": epoch + 1, "train_loss": total_loss / max(total_n, 1),
                   "train_accuracy": total_correct / max(total_n, 1), "val_accuracy": metrics["accuracy"],
                   "val_uar": metrics["uar"], "val_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}

@@ -311,9 +311,25 @@ def test_face_from_puts_another_face_cnn_into_the_init_checkpoint(recipe, tmp_pa
     args.face_from = recipe["face"] / "best.pt"
     assert train.build_model(args)[1]["stages"] == voice_state["training"]["stages"]
 
-    save_checkpoint(tmp_path / "wide.pt", AVTCA(preset("live", video_widths=(16, 64, 128, 256, 512))), training=None)
+    # A narrower face CNN with the same embedding width: the model takes its shape, the rest stays the voice's.
+    narrow = AVTCA(preset("live", video_widths=(16, 64, 128, 256, 512), video_repeats=(2, 3, 2)))
+    save_checkpoint(tmp_path / "narrow.pt", narrow, training=None)
+    args.face_from = tmp_path / "narrow.pt"
+    model, _ = train.build_model(args)
+    assert model.cfg.video_widths == (16, 64, 128, 256, 512) and model.cfg.video_repeats == (2, 3, 2)
+    assert model.cfg.replace(video_widths=voice_model.cfg.video_widths,
+                             video_repeats=voice_model.cfg.video_repeats) == voice_model.cfg
+    for name, tensor in model.state_dict().items():
+        source = narrow if name.startswith("face_encoder.") else voice_model
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    with torch.no_grad():  # and it runs
+        clip = torch.zeros(1, model.cfg.frames, 48, 48, 1, dtype=torch.uint8)
+        probs = model.eval()(torch.zeros(1, model.cfg.window_samples), clip, torch.ones(1, 2))
+    assert probs.shape == (1, model.cfg.num_classes) and abs(float(probs.sum()) - 1) < 1e-5
+    save_checkpoint(tmp_path / "wide.pt", AVTCA(preset("live", video_widths=(32, 128, 256, 512, 256))), training=None)
     args.face_from = tmp_path / "wide.pt"
-    with pytest.raises(ValueError, match="differs from the --init checkpoint's in video_widths"):
+    with pytest.raises(ValueError, match="gives 256-wide embeddings where the --init checkpoint's temporal layers "
+                                         "read 512"):
         train.build_model(args)
     with pytest.raises(ValueError, match="give --init too"):
         train.build_model(train.parser().parse_args(["--stage", "fusion", "--out", "x", "--face-from",
