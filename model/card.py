@@ -88,24 +88,42 @@ def stage_folder(command: str, runs: Path | None) -> Path:
     return out
 
 
+def on_gpu(command: str) -> bool:
+    """Whether a stage's command trained on a GPU (`--device cuda`)."""
+    words = command.split()
+    return "--device=cuda" in words or any(w == "--device" and n == "cuda" for w, n in zip(words, words[1:]))
+
+
 def training_section(meta: dict, runs: Path | None) -> str:
     training = meta["training"]
-    lines = ["- Exact commands, in order (`make model` runs them):"]
-    for stage in training.get("stages", []):
+    stages = training.get("stages", [])
+    gpu = [on_gpu(stage["command"]) for stage in stages]
+    if any(gpu):
+        lines = ["- Exact commands, in order (those with `--device cuda` ran on a lent GPU; `make model` runs the "
+                 "recipe on the CPU alone):"]
+    else:
+        lines = ["- Exact commands, in order (`make model` runs them):"]
+    for stage in stages:
         lines.append(f"  - `{stage['command']}`")
-    total = typical = 0.0  # as run; every epoch at the fastest epoch's time (the recipe undisturbed, roughly)
-    for stage in training.get("stages", []):
+    total = typical = gpu_total = 0.0  # as run; every epoch at the fastest epoch's time (undisturbed, roughly)
+    for stage, on_device in zip(stages, gpu):
         history = stage_folder(stage["command"], runs) / "history.json"
         if history.is_file():
             times = sorted(h["seconds"] for h in json.loads(history.read_text()))
-            total += sum(times)
-            typical += times[0] * len(times)
-            lines.append(f"- {stage['stage']} stage: {len(times)} epochs, {sum(times) / 60:.1f} min of epoch time "
-                         f"(fastest epoch {times[0]:.0f} s), best validation epoch {stage.get('best_epoch')}")
+            if on_device:
+                gpu_total += sum(times)
+            else:
+                total += sum(times)
+                typical += times[0] * len(times)
+            lines.append(f"- {stage['stage']} stage{' (GPU)' if on_device else ''}: {len(times)} epochs, "
+                         f"{sum(times) / 60:.1f} min of epoch time (fastest epoch {times[0]:.0f} s), best validation "
+                         f"epoch {stage.get('best_epoch')}")
     if total:
         lines.append(f"- Training time on this machine ({cpu_name()}, {os.cpu_count()} cores, CPU only; sum of epoch "
                      f"times as they ran, slowed by any other work on the machine then; data decoding and caching not "
                      f"included): {total / 60:.0f} min; every epoch as fast as the fastest: {typical / 60:.0f} min")
+    if gpu_total:
+        lines.append(f"- On the GPU: {gpu_total / 60:.1f} min of epoch time (not included above)")
     lines.append(f"- git commit {training.get('git_commit')}, {training.get('date')}, torch {training.get('torch')}")
     return "\n".join(lines)
 

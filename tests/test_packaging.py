@@ -69,3 +69,25 @@ def test_model_card_times_each_stage_from_its_own_run_folder(tmp_path, monkeypat
     assert stage_folder(stages[2]["command"], tmp_path / "runs" / "a") == tmp_path / "runs" / "a" / "voice"
     assert "- voice stage: 1 epochs" in text
     assert "): 8 min; every epoch as fast as the fastest: 8 min" in text
+    assert "(`make model` runs them)" in text and "GPU" not in text
+
+
+def test_model_card_times_gpu_stages_apart_from_the_cpu_total(tmp_path, monkeypatch):
+    import json
+
+    from avtca.model.card import on_gpu, training_section
+
+    monkeypatch.chdir(tmp_path)
+    for folder, times in {"runs/face": [600.0, 660.0], "runs/wide": [9.0, 8.0, 8.5]}.items():
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "history.json").write_text(json.dumps([{"seconds": s} for s in times]))
+    stages = [{"stage": "face", "command": "avtca-train --stage face --out runs/face", "best_epoch": 1},
+              {"stage": "face", "command": "avtca-train --stage face --device cuda --bf16 --out runs/wide",
+               "best_epoch": 3}]
+    text = training_section({"training": {"stages": stages}}, runs=None)
+    assert "`make model` runs the recipe on the CPU alone" in text
+    assert "- face stage: 2 epochs, 21.0 min of epoch time (fastest epoch 600 s)" in text
+    assert "- face stage (GPU): 3 epochs, 0.4 min of epoch time (fastest epoch 8 s), best validation epoch 3" in text
+    assert "): 21 min; every epoch as fast as the fastest: 20 min" in text
+    assert "- On the GPU: 0.4 min of epoch time (not included above)" in text
+    assert on_gpu("x --device=cuda") and not on_gpu("x --device cpu") and not on_gpu("x --face-from cuda")
