@@ -24,9 +24,11 @@ def _uniform(n: int, g: torch.Generator, scale: float) -> torch.Tensor:
 def augment_faces(faces: torch.Tensor, g: torch.Generator, frames: int = 1, erase_p: float = 0.5) -> torch.Tensor:
     """(N, C, H, W) float pixels in [0, 255], N = clips * frames -> augmented, same shape.
 
-    Frames of one clip are consecutive rows; they share flip and most of the geometric change.
+    Frames of one clip are consecutive rows; they share flip and most of the geometric change. The random draws
+    come from `g` on the CPU whatever device `faces` is on, so a GPU run augments exactly as a CPU run of the
+    same seed would; the pixel work runs on the faces' device.
     """
-    n = faces.shape[0]
+    n, device = faces.shape[0], faces.device
     clips = n // frames
     per_clip = lambda scale: _uniform(clips, g, scale).repeat_interleave(frames)  # noqa: E731
     jitter = lambda scale: _uniform(n, g, scale * FRAME_JITTER)  # noqa: E731
@@ -36,11 +38,11 @@ def augment_faces(faces: torch.Tensor, g: torch.Generator, frames: int = 1, eras
     flip = torch.where(torch.rand(clips, generator=g) < 0.5, -1.0, 1.0).repeat_interleave(frames)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(faces.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(device), list(faces.shape), align_corners=False)
     out = F.grid_sample(faces, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # Brightness and contrast, per clip.
-    contrast = (1 + per_clip(0.25)).view(n, 1, 1, 1)
-    brightness = per_clip(20.0).view(n, 1, 1, 1)
+    contrast = (1 + per_clip(0.25)).view(n, 1, 1, 1).to(device)
+    brightness = per_clip(20.0).view(n, 1, 1, 1).to(device)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = ((out - mean) * contrast + mean + brightness).clamp(0, 255)
     # Random erasing: one rectangle per clip, same place in each frame.
@@ -56,8 +58,8 @@ def augment_faces(faces: torch.Tensor, g: torch.Generator, frames: int = 1, eras
     xs = torch.arange(w).view(1, 1, w)
     mask = ((ys >= y0.view(-1, 1, 1)) & (ys < (y0 + eh).view(-1, 1, 1)) & (xs >= x0.view(-1, 1, 1))
             & (xs < (x0 + ew).view(-1, 1, 1)) & erase.view(-1, 1, 1))
-    mask = mask.repeat_interleave(frames, 0).unsqueeze(1)
-    fill = (torch.rand(clips, generator=g) * 255).repeat_interleave(frames).view(n, 1, 1, 1)
+    mask = mask.repeat_interleave(frames, 0).unsqueeze(1).to(device)
+    fill = (torch.rand(clips, generator=g) * 255).repeat_interleave(frames).view(n, 1, 1, 1).to(device)
     return torch.where(mask, fill, out)
 
 

@@ -256,6 +256,50 @@ def bench_face_training(steps: int, out: dict, log) -> None:
             log(f"{variant} face stage on cpu, {precision}: {out[key]} images/s (batch {FACE_BATCH})")
 
 
+def bench_face_stage(device: str, steps: int, out: dict, log) -> None:
+    """The face stage's training step as `avtca-train --stage face --device DEVICE --bf16` runs it (forward,
+    backward, clipping, update, the loss read back), images per second with the batch made once (the step alone),
+    with each batch drawn and augmented on the CPU, and with it augmented on the device; and the largest pixel
+    difference between one batch augmented on the CPU and on the device (the random draws are shared)."""
+    from .stages import FACE_BATCH, FaceData, FrameClassifier, face_batches, face_loss
+
+    n = 28709  # FER2013 Training's size, random pixels
+    rng = np.random.default_rng(0)
+    data = FaceData(rng.integers(0, 256, (n, 48, 48, 1), dtype=np.uint8), rng.integers(0, 7, n),
+                    np.zeros((0, 48, 48, 1), np.uint8), np.zeros(0, np.int64))
+    torch.manual_seed(0)
+    module = FrameClassifier(AVTCA(preset("live"))).to(device).to(memory_format=torch.channels_last).train()
+    params = list(module.parameters())
+    opt = torch.optim.AdamW(params, 1e-3)
+    on_cpu = next(face_batches(data, 0, 0, device="cpu"))[0]
+    on_device = next(face_batches(data, 0, 0, device=device))[0].cpu()
+    key = f"live.face_stage.{device}"
+    out[f"{key}.augment_max_abs_difference"] = float((on_cpu - on_device).abs().max())
+    fixed = next(face_batches(data, 0, 0, device=device))
+    variants = [("step_only", None), ("augment_on_cpu", "cpu")] + ([] if device == "cpu" else [
+        (f"augment_on_{device}", device)])
+    for variant, where in variants:
+        batches = face_batches(data, 1, 0, device=where) if where else None
+
+        def step():
+            x, y, _ = next(batches) if batches else fixed
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                loss, _, _ = face_loss(module, (x, y, None))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            float(loss.detach())  # the training loop reads the loss back every step
+
+        s = time_calls(step, min(steps, n // FACE_BATCH - 5), 5)
+        out[f"{key}.{variant}.images_per_second"] = round(FACE_BATCH / (s["median_ms"] / 1000), 1)
+        log(f"face stage on {device}, {variant}: {out[f'{key}.{variant}.images_per_second']} images/s "
+            f"({s['median_ms']:.2f} ms a step of {FACE_BATCH})")
+    log(f"face stage on {device}: augmentation on the CPU and on the device differ by at most "
+        f"{out[f'{key}.augment_max_abs_difference']:.2e} in 0-255 pixels")
+
+
 def environment(threads: int) -> dict:
     import onnxruntime as ort
 
@@ -337,9 +381,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model the pipeline benchmark runs")
     p.add_argument("--clip", type=Path, default=PIPELINE_CLIP, help="a 640x360 face video for the pipeline")
     p.add_argument("--markdown", type=Path, help="print the README table for a JSON written earlier, and exit")
+    p.add_argument("--face-stage", choices=["cpu", "cuda"],
+                   help="time only the face stage's training step on this device (augmenting on the CPU and there; "
+                        "--threads CPU threads)")
     args = p.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    if args.face_stage:
+        if args.face_stage == "cuda" and not torch.cuda.is_available():
+            print("avtca-bench: --face-stage cuda asked for, but this torch sees no CUDA device; use --face-stage cpu",
+                  file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+        out = {"threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
+               "gpu": torch.cuda.get_device_name() if args.face_stage == "cuda" else None}
+        bench_face_stage(args.face_stage, 5 if args.quick else 100, out, lambda msg: print(msg, flush=True))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=1))
         return 0
     runs = 20 if args.quick else max(args.runs, 200)
     out: dict = environment(args.threads)

@@ -79,21 +79,26 @@ class FaceData:
     train_soft: np.ndarray | None = None  # (N, classes) float32 soft targets (FER+ votes), when asked for
 
 
-def face_batches(data: FaceData, epoch: int, seed: int, classes: int = 0,
-                 mixup: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+def face_batches(data: FaceData, epoch: int, seed: int, classes: int = 0, mixup: float = 0.0,
+                 device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Batches of augmented face images, labels and soft targets (FER+ votes, or None). With mixup > 0 (and
-    `classes`), each image is mixed with another of the batch as in `voice_batches`, and so are the targets."""
+    `classes`), each image is mixed with another of the batch as in `voice_batches`, and so are the targets.
+
+    The images are augmented on `device` (the crops travel there as uint8); the random draws are the same on
+    any device."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     rng = np.random.default_rng(seed * 1000 + epoch)
     order = torch.randperm(len(data.train), generator=g).numpy()
     for i in batch_starts(len(order), FACE_BATCH):
         idx = np.sort(order[i:i + FACE_BATCH])
-        pixels = augment_faces(to_pixels(data.train[idx]), g)
+        crops = torch.from_numpy(data.train[idx]).to(device, non_blocking=True)
+        pixels = augment_faces(crops.permute(0, 3, 1, 2).float(), g)
         y = torch.from_numpy(data.train_y[idx])
         soft = torch.from_numpy(data.train_soft[idx]) if data.train_soft is not None else None
         if mixup > 0:
             lam, partner, mixed = mixup_draw(y, classes, mixup, rng, g)
-            pixels = lam[:, :, None, None] * pixels + (1 - lam[:, :, None, None]) * pixels[partner]
+            w = lam.to(pixels.device)[:, :, None, None]
+            pixels = w * pixels + (1 - w) * pixels[partner.to(pixels.device)]
             soft = mixed if soft is None else lam * soft + (1 - lam) * soft[partner]
         yield pixels.contiguous(memory_format=torch.channels_last), y, soft
 

@@ -260,7 +260,7 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         data, info = face_data(args, cfg)
         module = FrameClassifier(model).to(memory_format=torch.channels_last)
         validate = lambda: summarise(data.val_y, face_predict(module, data.val), cfg.labels)  # noqa: E731
-        batches = lambda e: face_batches(data, e, seed, cfg.num_classes, args.mixup)  # noqa: E731
+        batches = lambda e: face_batches(data, e, seed, cfg.num_classes, args.mixup, args.device)  # noqa: E731
         return Stage("face", module, batches, face_loss, validate, None, cfg.labels,
                      max(len(data.train) // FACE_BATCH, 1), validates_on_device=True), info
     if args.stage == "voice":

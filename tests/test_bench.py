@@ -24,3 +24,23 @@ def test_quick_bench_writes_json(tmp_path, capsys):
             assert value > 0, key
     assert figures["live.params"] > 100_000 and figures["live.gflops"] > 0
     assert "live.tick.median_ms" in capsys.readouterr().out
+
+
+def test_face_stage_bench_times_the_training_step_and_checks_augmentation(tmp_path, capsys):
+    out = tmp_path / "face.json"
+    assert bench.main(["--face-stage", "cpu", "--quick", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["threads"] == 1
+    assert figures["live.face_stage.cpu.step_only.images_per_second"] > 0
+    assert figures["live.face_stage.cpu.augment_on_cpu.images_per_second"] > 0
+    assert figures["live.face_stage.cpu.augment_max_abs_difference"] == 0.0  # one device: the same batch
+    assert "face stage on cpu, augment_on_cpu:" in capsys.readouterr().out
+
+
+def test_face_stage_bench_on_cuda_without_a_gpu_says_so(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device; the refusal is for machines without one")
+    assert bench.main(["--face-stage", "cuda"]) == 2
+    assert "sees no CUDA device; use --face-stage cpu" in capsys.readouterr().err

@@ -184,6 +184,8 @@ def test_face_mixup_mixes_images_and_targets_alike():
     votes = rng.dirichlet(np.ones(7), 40).astype(np.float32)
     data = FaceData(images, np.arange(40) % 7, images[:0], np.zeros(0, np.int64), train_soft=votes)
     base, y0, soft0 = next(face_batches(data, epoch=1, seed=4))
+    # The device argument moves the work, not the draws: the same batch on the CPU named explicitly.
+    assert torch.equal(next(face_batches(data, epoch=1, seed=4, device="cpu"))[0], base)
     pixels, y, soft = next(face_batches(data, epoch=1, seed=4, classes=7, mixup=0.2))
     assert torch.equal(y, y0) and soft.shape == soft0.shape == (40, 7)
     flat, ref = pixels.reshape(40, -1), base.reshape(40, -1)
