@@ -37,9 +37,9 @@ def batch_starts(n: int, batch: int) -> range:
     return range(0, max(n - batch + 1, 1 if n else 0), batch)
 
 
-def to_pixels(crops: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, H, W) float pixels in [0, 255]."""
-    return torch.from_numpy(crops).permute(0, 3, 1, 2).float()
+def to_pixels(crops: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float pixels in [0, 255] on `device` (the crops travel as uint8)."""
+    return torch.from_numpy(crops).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
 
 
 def scale_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -91,8 +91,7 @@ def face_batches(data: FaceData, epoch: int, seed: int, classes: int = 0, mixup:
     order = torch.randperm(len(data.train), generator=g).numpy()
     for i in batch_starts(len(order), FACE_BATCH):
         idx = np.sort(order[i:i + FACE_BATCH])
-        crops = torch.from_numpy(data.train[idx]).to(device, non_blocking=True)
-        pixels = augment_faces(crops.permute(0, 3, 1, 2).float(), g)
+        pixels = augment_faces(to_pixels(data.train[idx], device), g)
         y = torch.from_numpy(data.train_y[idx])
         soft = torch.from_numpy(data.train_soft[idx]) if data.train_soft is not None else None
         if mixup > 0:
@@ -137,7 +136,7 @@ def soft_targets(y: np.ndarray, votes: list[list[int] | None], labels: tuple[str
 def face_predict(classifier: FrameClassifier, crops: np.ndarray) -> np.ndarray:
     classifier.eval()
     device = next(classifier.parameters()).device
-    out = [classifier(to_pixels(crops[i:i + EVAL_BATCH]).to(device)).argmax(1).cpu()
+    out = [classifier(to_pixels(crops[i:i + EVAL_BATCH], device)).argmax(1).cpu()
            for i in range(0, len(crops), EVAL_BATCH)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
