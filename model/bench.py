@@ -271,11 +271,10 @@ def bench_face_stage(device: str, steps: int, out: dict, log) -> None:
     module = FrameClassifier(AVTCA(preset("live"))).to(device).to(memory_format=torch.channels_last).train()
     params = list(module.parameters())
     opt = torch.optim.AdamW(params, 1e-3)
+    fixed = next(face_batches(data, 0, 0, device=device))  # the step-only batch, and the device's augmentation
     on_cpu = next(face_batches(data, 0, 0, device="cpu"))[0]
-    on_device = next(face_batches(data, 0, 0, device=device))[0].cpu()
     key = f"live.face_stage.{device}"
-    out[f"{key}.augment_max_abs_difference"] = float((on_cpu - on_device).abs().max())
-    fixed = next(face_batches(data, 0, 0, device=device))
+    out[f"{key}.augment_max_abs_difference"] = float((on_cpu - fixed[0].cpu()).abs().max())
     variants = [("step_only", None), ("augment_on_cpu", "cpu")] + ([] if device == "cpu" else [
         (f"augment_on_{device}", device)])
     for variant, where in variants:
@@ -397,10 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
                "gpu": torch.cuda.get_device_name() if args.face_stage == "cuda" else None}
         bench_face_stage(args.face_stage, 5 if args.quick else 100, out, lambda msg: print(msg, flush=True))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(out, indent=1))
-        return 0
+        return report(out, args.json)
     runs = 20 if args.quick else max(args.runs, 200)
     out: dict = environment(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -418,11 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             bench_training("live", 10, 32, out, log, "cuda")
             bench_training("paper", 10, 8, out, log, "cuda")
+    return report(out, args.json)
+
+
+def report(out: dict, json_path: Path | None) -> int:
+    """Print the figures, one per line, and write them to `json_path` when given."""
     width = max(len(k) for k in out)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in out.items()))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=1))
     return 0
 
 
