@@ -76,13 +76,21 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
+def option_value(command: str, option: str) -> str | None:
+    """The value a recorded command gave `option` (`--out DIR` or `--out=DIR`); the last one, as argparse takes it."""
+    words, value = command.split(), None
+    for word, following in zip(words, [*words[1:], None]):
+        if word == option and following is not None:
+            value = following
+        elif word.startswith(option + "="):
+            value = word.split("=", 1)[1]
+    return value
+
+
 def stage_folder(command: str, runs: Path | None) -> Path:
     """Where a stage's run folder is: its command's --out, as written (relative to where the card is made); with
     --runs, that folder's name under runs when the command's own folder has gone (runs moved or copied)."""
-    words = command.split()
-    given = [w.split("=", 1)[1] for w in words if w.startswith("--out=")]
-    given += [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--out"]
-    out = Path(given[-1]) if given else Path(".")
+    out = Path(option_value(command, "--out") or ".")
     if runs is not None and not (out / "history.json").is_file():
         return runs / out.name
     return out
@@ -90,8 +98,7 @@ def stage_folder(command: str, runs: Path | None) -> Path:
 
 def on_gpu(command: str) -> bool:
     """Whether a stage's command trained on a GPU (`--device cuda`)."""
-    words = command.split()
-    return "--device=cuda" in words or any(w == "--device" and n == "cuda" for w, n in zip(words, words[1:]))
+    return option_value(command, "--device") == "cuda"
 
 
 def training_section(meta: dict, runs: Path | None) -> str:
