@@ -48,7 +48,7 @@ model-export: $(VENV)/.dev-$(ORT_EXTRA)
 	$(BIN)/avtca-export $(RUNS)/fusion/best.pt -o exported/avtca.onnx
 
 model-eval: $(VENV)/.dev-$(ORT_EXTRA)
-	$(EVAL) --dataset fer2013 --root $(DATA)/fer2013 --split test --json exported/eval/fer2013_publictest.json --plots exported/eval
+	$(EVAL) --dataset fer2013 --root $(DATA)/fer2013 --split test --ferplus $(DATA)/ferplus --json exported/eval/fer2013_publictest.json --plots exported/eval
 	$(EVAL) --dataset ravdess --root $(VOICES) --actors 17-20 --json exported/eval/ravdess_17-20.json --plots exported/eval
 	$(EVAL) --dataset paired --face-root $(DATA)/fer2013 --voice-root $(VOICES) --actors 17-20 --json exported/eval/paired.json --plots exported/eval
 	$(EVAL) --dataset crema-d --root $(DATA)/crema-d/AudioWAV_16k --json exported/eval/cremad_audio.json

@@ -17,7 +17,7 @@ from ..app.modelfile import read_model_info
 # (eval JSON file, what it measures, the avtca-eval command that wrote it; DATA is the data folder)
 EVALS = [
     ("fer2013_publictest.json", "face only: FER2013 PublicTest, exact duplicates of training images removed",
-     "avtca-eval --dataset fer2013 --root DATA/fer2013 --split test"),
+     "avtca-eval --dataset fer2013 --root DATA/fer2013 --split test --ferplus DATA/ferplus"),
     ("ravdess_17-20.json", "voice only: RAVDESS speech, actors 17-20 (not trained on; they chose the epoch)",
      "avtca-eval --dataset ravdess --root DATA/ravdess/Audio_Speech_16k_Actors_01-20 --actors 17-20"),
     ("paired.json", "face + voice pairs: each RAVDESS 17-20 clip with a PublicTest face of its label (seed 2024)",
@@ -49,11 +49,17 @@ def evaluation_section(eval_dir: Path) -> tuple[str, dict]:
         modes = [m for m in ("fused", "face_only", "voice_only") if m in r]
         for m in modes or [None]:
             lines.append(_row(m.replace("_", " ") if m else "as above", r[m] if m else r))
+        crowd = r.get("ferplus_majority")
+        if crowd:
+            lines.append(_row("against the FER+ crowd's majority", crowd))
         notes = r.get("notes", {})
         removed = notes.get("duplicates_of_training_removed", notes.get("face_duplicates_of_training_removed"))
         if removed:
             lines.append(f"\n{removed} PublicTest images that are exact pixel copies of training images were removed "
                          f"before {'pairing' if modes else 'scoring'}.")
+        if crowd:
+            lines.append(f"\nThe FER+ crowd's majority (10 votes an image; images with one among the labels, n={crowd['n']}) "
+                         f"agrees with FER2013's own label on {crowd['crowd_agrees_with_fer2013']:.1%} of them.")
         items = notes.get("items")
         if items and len(items) <= 12 and modes:
             lines += ["", "| file | label | fused | face only | voice only |", "|---|---|---|---|---|"]
@@ -150,7 +156,10 @@ def render(model: Path, eval_dir: Path, runs: Path | None) -> str:
     if not info.trained:
         raise SystemExit(f"{model} is untrained; the card for an untrained model is written by hand")
     mapping = meta["training"].get("label_mapping", {})
-    evaluation, _ = evaluation_section(eval_dir)
+    evaluation, found = evaluation_section(eval_dir)
+    crowd = ("\n- Evaluation only: FER+ crowd votes on FER2013 (Barsoum et al. 2016, Microsoft, MIT licence), 10 an "
+             "image, to score\n  the face predictions against the crowd's majority as well as FER2013's own label."
+             if any("ferplus_majority" in r for r in found.values()) else "")
     return f"""# avtca live model card
 
 `exported/avtca.onnx`: AVT-CA (Venkatraman et al.), `{info.preset}` preset, {len(info.labels)} classes
@@ -168,7 +177,7 @@ split into the per-frame face encoder, the audio front end and the rest, for che
 - Fusion: pairs of a face clip (T augmented views of one FER2013 image) and a RAVDESS voice clip with the same
   label, with modality dropout (both, a soft mix, voice only, face only), so the model also works with one
   modality missing.
-- Label mapping: {json.dumps(mapping)}
+- Label mapping: {json.dumps(mapping)}{crowd}
 
 ## How it was trained
 {training_section(meta, runs)}

@@ -142,6 +142,23 @@ def ferplus_key(path: Path) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
+def ferplus_majority(votes: list[int] | None, labels: tuple[str, ...] | list[str]) -> int | None:
+    """Index in `labels` of the crowd's choice: the one FER+ class with the most votes, if it maps onto `labels`.
+
+    None where there are no votes, where two classes tie for the most, or where the most-voted class is outside
+    `labels` (contempt, unknown, not a face).
+    """
+    from .labels import CANONICAL
+
+    if not votes or max(votes) == 0:
+        return None
+    top = max(votes)
+    if votes.count(top) > 1:
+        return None
+    label = CANONICAL.get(FERPLUS_CLASSES[votes.index(top)])
+    return list(labels).index(label) if label in labels else None
+
+
 def read_emodb(root: Path) -> ReadReport:
     """EmoDB `wav/03a01Fa.wav`: speaker, text, emotion letter (German initial), version."""
     report = ReadReport()

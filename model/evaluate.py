@@ -19,7 +19,7 @@ import numpy as np
 from ..app.audio import centre_window
 from ..app.modelfile import ModelFileError, open_model
 from .cache import load_audio_clips, load_face_images, pixel_hashes
-from .datasets import Item, read_dataset
+from .datasets import Item, ferplus_key, ferplus_majority, read_dataset, read_ferplus_votes
 from .labels import map_label, mapping_table
 from .metrics import format_line, summarise
 from .splits import pair_indices, parse_actors
@@ -94,13 +94,15 @@ def _mapped(items: list[Item], labels) -> tuple[list[Item], np.ndarray, int]:
     return [k[0] for k in kept], np.asarray([k[1] for k in kept], np.int64), len(items) - len(kept)
 
 
-def fer_images(pred: Predictor, root: Path, split: str) -> tuple[list[Item], np.ndarray, np.ndarray, dict]:
-    """FER2013-style folders: (all items, crops and labels of `split` without exact pixel duplicates of training
-    images, notes on what was removed or skipped)."""
+def fer_images(pred: Predictor, root: Path, split: str
+               ) -> tuple[list[Item], list[Item], np.ndarray, np.ndarray, dict]:
+    """FER2013-style folders: (all items; the items, crops and labels of `split` without exact pixel duplicates
+    of training images; notes on what was removed or skipped)."""
     items, ys, dropped = _mapped(read_dataset("fer2013", root).items, pred.labels)
     test = [i for i, it in enumerate(items) if it.split == split]
     train = [i for i, it in enumerate(items) if it.split == "train"]
     crops, kept, skipped = load_face_images([items[i] for i in test], pred.face_size, pred.face_channels)
+    scored = [items[test[k]] for k in kept]
     y = ys[np.asarray(test, np.int64)[kept]] if len(kept) else np.zeros(0, np.int64)
     notes = {"split": split, "skipped": dict(skipped), "dropped_by_label_mapping": dropped,
              "duplicates_of_training_removed": None}
@@ -109,16 +111,36 @@ def fer_images(pred: Predictor, root: Path, split: str) -> tuple[list[Item], np.
         seen = set(pixel_hashes(train_crops))
         unique = np.asarray([h not in seen for h in pixel_hashes(crops)], bool)
         crops, y = crops[unique], y[unique]
+        scored = [it for it, u in zip(scored, unique) if u]
         notes["duplicates_of_training_removed"] = int((~unique).sum())
-    return items, crops, y, notes
+    return items, scored, crops, y, notes
 
 
-def eval_faces(pred: Predictor, root: Path, split: str) -> tuple[dict, dict]:
-    """Face images as T identical frames, the voice marked missing."""
-    items, crops, y, notes = fer_images(pred, root, split)
+def eval_faces(pred: Predictor, root: Path, split: str, ferplus: Path | None = None) -> tuple[dict, dict]:
+    """Face images as T identical frames, the voice marked missing. With `ferplus` (the folder of FER+ votes),
+    the same predictions are also scored against the crowd's majority (`ferplus_majority`)."""
+    items, scored, crops, y, notes = fer_images(pred, root, split)
     probs = pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"])
     result = summarise(y, probs.argmax(1), pred.labels)
     result["label_mapping"] = mapping_table([it.label for it in items], pred.labels)
+    if ferplus is not None:
+        result["ferplus_majority"], notes["ferplus"] = crowd_scores(ferplus, scored, y, probs.argmax(1), pred.labels)
+    return result, notes
+
+
+def crowd_scores(ferplus: Path, scored: list[Item], y: np.ndarray, predicted: np.ndarray, labels
+                 ) -> tuple[dict, dict]:
+    """Predictions scored against the FER+ crowd's majority, on the images that have one among `labels`, with
+    how often that majority agrees with the FER2013 label there (`crowd_agrees_with_fer2013`)."""
+    votes = read_ferplus_votes(ferplus)
+    found = [votes.get(ferplus_key(it.path)) for it in scored]
+    crowd = [ferplus_majority(v, labels) for v in found]
+    keep = np.asarray([c is not None for c in crowd], bool)
+    target = np.asarray([c for c in crowd if c is not None], np.int64)
+    result = summarise(target, predicted[keep], labels)
+    result["crowd_agrees_with_fer2013"] = float((target == y[keep]).mean()) if keep.any() else 0.0
+    notes = {"votes": str(ferplus), "images_without_votes": sum(v is None for v in found),
+             "images_without_a_majority_in_the_labels": int((~keep).sum()) - sum(v is None for v in found)}
     return result, notes
 
 
@@ -166,7 +188,7 @@ def eval_av(pred: Predictor, dataset: str, root: Path, actors: str | None, cfg_l
 def eval_paired(pred: Predictor, face_root: Path, voice_dataset: str, voice_root: Path, actors: str | None,
                 face_split: str, seed: int) -> tuple[dict, dict]:
     """Each voice clip paired with a face image of the same label (seeded), scored three ways."""
-    f_items, crops, face_y, face_notes = fer_images(pred, face_root, face_split)
+    f_items, _, crops, face_y, face_notes = fer_images(pred, face_root, face_split)
     removed = face_notes["duplicates_of_training_removed"]
     kwargs = {"modalities": ("audio",)} if voice_dataset in ("ravdess", "crema-d") else {}
     v_all = read_dataset(voice_dataset, voice_root, **kwargs).items
@@ -211,7 +233,7 @@ def evaluate(args) -> dict:
     pred = Predictor.checkpoint(args.checkpoint) if args.checkpoint else Predictor.onnx(args.model, args.threads)
     window_seconds = pred.window_samples / pred.sample_rate_hz
     if args.dataset == "fer2013":
-        result, notes = eval_faces(pred, args.root, args.split or "test")
+        result, notes = eval_faces(pred, args.root, args.split or "test", args.ferplus)
     elif args.dataset == "paired":
         if not (args.face_root and args.voice_root):
             raise ValueError("--dataset paired needs --face-root (FER2013 folders) and --voice-root")
@@ -236,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["fer2013", "ravdess", "crema-d", "emodb", "tess", "paired", "manifest"])
     p.add_argument("--root", type=Path, help="any folder above the dataset's files (a CSV file for manifest)")
     p.add_argument("--split", help="fer2013 split to score: test (PublicTest, default), private, train")
+    p.add_argument("--ferplus", type=Path, help="fer2013: also score against the FER+ crowd's majority (the folder "
+                   "with fer2013new.csv and ferplus_to_fer2013_jpg.csv)")
     p.add_argument("--actors", help="only these speakers, e.g. 17-20")
     p.add_argument("--av", action="store_true", help="score the audio-video files (RAVDESS 01-*, CREMA-D .flv)")
     p.add_argument("--face-root", type=Path, help="paired: FER2013 folders")
@@ -253,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model = DEFAULT_MODEL
     if args.dataset != "paired" and args.root is None:
         p.error(f"--dataset {args.dataset} needs --root")
+    if args.ferplus and args.dataset != "fer2013":
+        p.error("--ferplus scores FER2013 images only; use it with --dataset fer2013")
     try:
         result = evaluate(args)
     except (ModelFileError, FileNotFoundError, ValueError) as e:
@@ -261,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m in result] or [None]
     for mode in modes:
         print(format_line(f"{args.dataset} {mode or ''}".strip(), result[mode] if mode else result))
+    if "ferplus_majority" in result:
+        crowd = result["ferplus_majority"]
+        print(format_line(f"{args.dataset} against the FER+ crowd's majority", crowd)
+              + f"  (the crowd agrees with FER2013's label on {crowd['crowd_agrees_with_fer2013']:.1%})")
     if args.per_item:
         for row in result["notes"].get("items", []):
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
@@ -275,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{args.dataset}{'_' + mode if mode else ''}"
             confusion_png(r["confusion_matrix"], r["labels"], args.plots / f"confusion_{name}.png",
                           f"{name}: {r['accuracy']:.1%} accuracy, n={r['n']}")
+        if "ferplus_majority" in result:
+            r = result["ferplus_majority"]
+            confusion_png(r["confusion_matrix"], r["labels"], args.plots / f"confusion_{args.dataset}_ferplus.png",
+                          f"{args.dataset} against the FER+ majority: {r['accuracy']:.1%} accuracy, n={r['n']}")
     return 0
 
 

@@ -181,3 +181,46 @@ def test_two_writers_of_one_cache_file_do_not_collide(tmp_path):
     with np.load(path) as saved:
         assert saved["x"].tolist() == [0, 1, 2]
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_ferplus_majority_is_the_one_most_voted_class_in_the_labels():
+    from avtca.model.datasets import ferplus_majority
+
+    # neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
+    assert ferplus_majority([0, 1, 0, 6, 0, 0, 3, 0, 0, 0], LIVE_LABELS) == LIVE_LABELS.index("sad")
+    assert ferplus_majority([0, 0, 0, 0, 0, 0, 2, 0, 0, 0], LIVE_LABELS) == LIVE_LABELS.index("fearful")
+    assert ferplus_majority([5, 5, 0, 0, 0, 0, 0, 0, 0, 0], LIVE_LABELS) is None  # a tie
+    assert ferplus_majority([1, 0, 0, 1, 0, 2, 0, 6, 0, 0], LIVE_LABELS) is None  # contempt, not a live label
+    assert ferplus_majority([0, 0, 0, 0, 0, 0, 0, 0, 0, 0], LIVE_LABELS) is None
+    assert ferplus_majority(None, LIVE_LABELS) is None
+
+
+def test_faces_are_scored_against_the_ferplus_crowd(tmp_path):
+    """Four real PublicTest images: the crowd agrees with FER2013's label, disagrees, ties, and picks contempt."""
+    from avtca.model.datasets import ferplus_key
+    from avtca.model.evaluate import crowd_scores
+
+    names = ["test/happy/PublicTest_63310337.jpg",     # happiness 10: agrees
+             "test/fear/PublicTest_84039470.jpg",      # sadness 6, fear 3: disagrees
+             "test/neutral/PublicTest_11074159.jpg",   # neutral 5, happiness 5: no majority
+             "test/disgust/PublicTest_93710701.jpg"]   # contempt 6: no majority in the labels
+    root = tmp_path / "elsewhere" / "fer"
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(shared("fer2013", *name.split("/")).read_bytes())
+    items = sorted((it for it in read_dataset("fer2013", root).items), key=lambda it: names.index(ferplus_key(it.path)))
+    y = np.array([map_label(it.label, LIVE_LABELS) for it in items])
+    predicted = np.array([LIVE_LABELS.index(c) for c in ("happy", "fearful", "neutral", "angry")])
+    result, notes = crowd_scores(shared("ferplus"), items, y, predicted, LIVE_LABELS)
+    assert result["n"] == 2 and result["accuracy"] == 0.5  # happy right; the crowd says sad, not fearful
+    assert result["crowd_agrees_with_fer2013"] == 0.5
+    assert result["confusion_matrix"][LIVE_LABELS.index("sad")][LIVE_LABELS.index("fearful")] == 1
+    assert notes["images_without_votes"] == 0 and notes["images_without_a_majority_in_the_labels"] == 2
+
+
+def test_ferplus_scoring_needs_fer2013_images(capsys):
+    from avtca.model.evaluate import main
+
+    with pytest.raises(SystemExit):
+        main(["--dataset", "ravdess", "--root", ".", "--ferplus", str(shared("ferplus"))])
+    assert "--ferplus scores FER2013 images only" in capsys.readouterr().err

@@ -91,3 +91,25 @@ def test_model_card_times_gpu_stages_apart_from_the_cpu_total(tmp_path, monkeypa
     assert "): 21 min; every epoch as fast as the fastest: 20 min" in text
     assert "- On the GPU: 0.4 min of epoch time (not included above)" in text
     assert on_gpu("x --device=cuda") and not on_gpu("x --device cpu") and not on_gpu("x --face-from cuda")
+
+
+def test_model_card_shows_the_ferplus_crowd_row(tmp_path):
+    import json
+
+    import numpy as np
+
+    from avtca.model.card import evaluation_section
+    from avtca.model.config import LIVE_LABELS
+    from avtca.model.metrics import summarise
+
+    result = summarise(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 4]), LIVE_LABELS)
+    crowd = summarise(np.array([0, 1, 2]), np.array([0, 1, 5]), LIVE_LABELS)
+    crowd["crowd_agrees_with_fer2013"] = 2 / 3
+    result.update(ferplus_majority=crowd, notes={"duplicates_of_training_removed": 1})
+    (tmp_path / "fer2013_publictest.json").write_text(json.dumps(result))
+    text, found = evaluation_section(tmp_path)
+    assert list(found) == ["fer2013_publictest.json"]
+    assert "| as above | 75.0% |" in text and "| 4 |" in text
+    assert "| against the FER+ crowd's majority | 66.7% |" in text and "| 3 |" in text
+    assert "agrees with FER2013's own label on 66.7% of them" in text
+    assert "--ferplus DATA/ferplus --json" in text
