@@ -119,28 +119,31 @@ def fer_images(pred: Predictor, root: Path, split: str
 def eval_faces(pred: Predictor, root: Path, split: str, ferplus: Path | None = None) -> tuple[dict, dict]:
     """Face images as T identical frames, the voice marked missing. With `ferplus` (the folder of FER+ votes),
     the same predictions are also scored against the crowd's majority (`ferplus_majority`)."""
+    votes = read_ferplus_votes(ferplus) if ferplus is not None else None  # a wrong folder fails before the work
     items, scored, crops, y, notes = fer_images(pred, root, split)
     probs = pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"])
     result = summarise(y, probs.argmax(1), pred.labels)
     result["label_mapping"] = mapping_table([it.label for it in items], pred.labels)
-    if ferplus is not None:
-        result["ferplus_majority"], notes["ferplus"] = crowd_scores(ferplus, scored, y, probs.argmax(1), pred.labels)
+    if votes is not None:
+        result["ferplus_majority"], notes["ferplus"] = crowd_scores(votes, scored, y, probs.argmax(1), pred.labels)
+        notes["ferplus"]["votes"] = str(ferplus)
     return result, notes
 
 
-def crowd_scores(ferplus: Path, scored: list[Item], y: np.ndarray, predicted: np.ndarray, labels
+def crowd_scores(votes: dict[str, list[int]], scored: list[Item], y: np.ndarray, predicted: np.ndarray, labels
                  ) -> tuple[dict, dict]:
-    """Predictions scored against the FER+ crowd's majority, on the images that have one among `labels`, with
-    how often that majority agrees with the FER2013 label there (`crowd_agrees_with_fer2013`)."""
-    votes = read_ferplus_votes(ferplus)
+    """Predictions scored against the FER+ crowd's majority (`votes` from `read_ferplus_votes`), on the images
+    that have one among `labels`, with how often that majority agrees with the FER2013 label there
+    (`crowd_agrees_with_fer2013`)."""
     found = [votes.get(ferplus_key(it.path)) for it in scored]
     crowd = [ferplus_majority(v, labels) for v in found]
     keep = np.asarray([c is not None for c in crowd], bool)
     target = np.asarray([c for c in crowd if c is not None], np.int64)
     result = summarise(target, predicted[keep], labels)
     result["crowd_agrees_with_fer2013"] = float((target == y[keep]).mean()) if keep.any() else 0.0
-    notes = {"votes": str(ferplus), "images_without_votes": sum(v is None for v in found),
-             "images_without_a_majority_in_the_labels": int((~keep).sum()) - sum(v is None for v in found)}
+    without_votes = sum(v is None for v in found)
+    notes = {"images_without_votes": without_votes,
+             "images_without_a_majority_in_the_labels": int((~keep).sum()) - without_votes}
     return result, notes
 
 

@@ -197,7 +197,7 @@ def test_ferplus_majority_is_the_one_most_voted_class_in_the_labels():
 
 def test_faces_are_scored_against_the_ferplus_crowd(tmp_path):
     """Four real PublicTest images: the crowd agrees with FER2013's label, disagrees, ties, and picks contempt."""
-    from avtca.model.datasets import ferplus_key
+    from avtca.model.datasets import ferplus_key, read_ferplus_votes
     from avtca.model.evaluate import crowd_scores
 
     names = ["test/happy/PublicTest_63310337.jpg",     # happiness 10: agrees
@@ -211,16 +211,20 @@ def test_faces_are_scored_against_the_ferplus_crowd(tmp_path):
     items = sorted((it for it in read_dataset("fer2013", root).items), key=lambda it: names.index(ferplus_key(it.path)))
     y = np.array([map_label(it.label, LIVE_LABELS) for it in items])
     predicted = np.array([LIVE_LABELS.index(c) for c in ("happy", "fearful", "neutral", "angry")])
-    result, notes = crowd_scores(shared("ferplus"), items, y, predicted, LIVE_LABELS)
+    result, notes = crowd_scores(read_ferplus_votes(shared("ferplus")), items, y, predicted, LIVE_LABELS)
     assert result["n"] == 2 and result["accuracy"] == 0.5  # happy right; the crowd says sad, not fearful
     assert result["crowd_agrees_with_fer2013"] == 0.5
     assert result["confusion_matrix"][LIVE_LABELS.index("sad")][LIVE_LABELS.index("fearful")] == 1
     assert notes["images_without_votes"] == 0 and notes["images_without_a_majority_in_the_labels"] == 2
 
 
-def test_ferplus_scoring_needs_fer2013_images(capsys):
+def test_ferplus_scoring_needs_fer2013_images_and_the_votes(capsys, tmp_path):
     from avtca.model.evaluate import main
 
     with pytest.raises(SystemExit):
         main(["--dataset", "ravdess", "--root", ".", "--ferplus", str(shared("ferplus"))])
     assert "--ferplus scores FER2013 images only" in capsys.readouterr().err
+    # A folder without the votes is named at once, before any image is read.
+    assert main(["--dataset", "fer2013", "--root", str(tmp_path), "--ferplus", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "fer2013new.csv is missing; --ferplus needs fer2013new.csv and ferplus_to_fer2013_jpg.csv" in err
