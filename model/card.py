@@ -58,8 +58,9 @@ def evaluation_section(eval_dir: Path) -> tuple[str, dict]:
             lines.append(f"\n{removed} PublicTest images that are exact pixel copies of training images were removed "
                          f"before {'pairing' if modes else 'scoring'}.")
         if crowd:
-            lines.append(f"\nThe FER+ crowd's majority (10 votes an image; images with one among the labels, n={crowd['n']}) "
-                         f"agrees with FER2013's own label on {crowd['crowd_agrees_with_fer2013']:.1%} of them.")
+            lines.append(f"\nThe FER+ crowd's majority (10 votes an image; images with one among the labels, "
+                         f"n={crowd['n']}) agrees with FER2013's own label on {crowd['crowd_agrees_with_fer2013']:.1%} "
+                         f"of them.")
         items = notes.get("items")
         if items and len(items) <= 12 and modes:
             lines += ["", "| file | label | fused | face only | voice only |", "|---|---|---|---|---|"]
