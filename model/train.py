@@ -23,7 +23,7 @@ import torch
 from .cache import cache_dir, load_audio_clips, load_face_images, pixel_hashes
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
 from .config import PRESETS, parse_overrides, preset
-from .datasets import Item, read_dataset
+from .datasets import Item, ferplus_key, read_dataset, read_ferplus_votes
 from .labels import map_label, mapping_table
 from .network import AVTCA, count_parameters
 from .splits import by_actors, kfold_by_actor, named_split, parse_actors, random_split
@@ -94,6 +94,7 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
     sources = parse_sources(args.faces, "--faces")
     if not sources:
         raise SystemExit("avtca-train: this stage needs --faces fer2013=PATH")
+    votes = read_ferplus_votes(args.ferplus) if args.ferplus else None  # a wrong folder fails before the images load
     items = [it for name, root in sources for it in read_dataset(name, root).items]
     items, ys, dropped = labelled(items, cfg.labels)
     train = [i for i, it in enumerate(items) if it.split == "train"]
@@ -107,11 +108,9 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
     log(f"faces: {len(tr)} training, {len(va)} validation images; {int((~unique).sum())} validation images are exact "
         f"pixel duplicates of training images and are removed")
     soft = None
-    if args.ferplus:
-        from .datasets import ferplus_key, read_ferplus_votes
+    if votes is not None:
         from .stages import soft_targets
 
-        votes = read_ferplus_votes(args.ferplus)
         train_items = [items[train[i]] for i in tr_kept]
         found = [votes.get(ferplus_key(it.path)) for it in train_items]
         soft = soft_targets(tr_y, found, cfg.labels, args.ferplus_weight)

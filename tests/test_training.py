@@ -336,3 +336,12 @@ def test_face_from_puts_another_face_cnn_into_the_init_checkpoint(recipe, tmp_pa
     with pytest.raises(ValueError, match="give --init too"):
         train.build_model(train.parser().parse_args(["--stage", "fusion", "--out", "x", "--face-from",
                                                      str(tmp_path / "other.pt")]))
+
+
+def test_a_wrong_ferplus_folder_is_named_before_any_image_loads(tmp_path, capsys):
+    # tmp_path holds no images either: the votes are what the run reports first.
+    assert train.main(["--stage", "face", "--faces", f"fer2013={tmp_path}", "--ferplus", str(tmp_path),
+                       "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "fer2013new.csv is missing; --ferplus needs fer2013new.csv and ferplus_to_fer2013_jpg.csv" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
