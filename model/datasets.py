@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RAVDESS_LABELS
+from .labels import CANONICAL, map_label
 
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
 VIDEO_EXT = {".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm"}
@@ -142,21 +143,25 @@ def ferplus_key(path: Path) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
-def ferplus_majority(votes: list[int] | None, labels: tuple[str, ...] | list[str]) -> int | None:
+def ferplus_columns(labels: tuple[str, ...]) -> dict[int, int]:
+    """{FER+ vote column: index in `labels`} for the columns `map_label` maps onto `labels` (not contempt, unknown,
+    not a face)."""
+    columns = {i: map_label(c, labels) for i, c in enumerate(FERPLUS_CLASSES) if c in CANONICAL}
+    return {i: j for i, j in columns.items() if j is not None}
+
+
+def ferplus_majority(votes: list[int] | None, labels: tuple[str, ...]) -> int | None:
     """Index in `labels` of the crowd's choice: the one FER+ class with the most votes, if it maps onto `labels`.
 
     None where there are no votes, where two classes tie for the most, or where the most-voted class is outside
     `labels` (contempt, unknown, not a face).
     """
-    from .labels import CANONICAL
-
     if not votes or max(votes) == 0:
         return None
     top = max(votes)
     if votes.count(top) > 1:
         return None
-    label = CANONICAL.get(FERPLUS_CLASSES[votes.index(top)])
-    return list(labels).index(label) if label in labels else None
+    return ferplus_columns(labels).get(votes.index(top))
 
 
 def read_emodb(root: Path) -> ReadReport:

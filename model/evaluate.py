@@ -122,10 +122,11 @@ def eval_faces(pred: Predictor, root: Path, split: str, ferplus: Path | None = N
     votes = read_ferplus_votes(ferplus) if ferplus is not None else None  # a wrong folder fails before the work
     items, scored, crops, y, notes = fer_images(pred, root, split)
     probs = pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"])
-    result = summarise(y, probs.argmax(1), pred.labels)
+    predicted = probs.argmax(1)
+    result = summarise(y, predicted, pred.labels)
     result["label_mapping"] = mapping_table([it.label for it in items], pred.labels)
     if votes is not None:
-        result["ferplus_majority"], notes["ferplus"] = crowd_scores(votes, scored, y, probs.argmax(1), pred.labels)
+        result["ferplus_majority"], notes["ferplus"] = crowd_scores(votes, scored, y, predicted, pred.labels)
         notes["ferplus"]["votes"] = str(ferplus)
     return result, notes
 

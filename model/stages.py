@@ -115,17 +115,15 @@ def face_loss(module: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def soft_targets(y: np.ndarray, votes: list[list[int] | None], labels: tuple[str, ...], weight: float) -> np.ndarray:
     """(1 - weight) * one-hot label + weight * the FER+ vote distribution over `labels` (one-hot where no votes)."""
-    from .datasets import FERPLUS_CLASSES
-    from .labels import CANONICAL
+    from .datasets import ferplus_columns
 
-    columns = [(i, labels.index(CANONICAL[c])) for i, c in enumerate(FERPLUS_CLASSES)
-               if c in CANONICAL and CANONICAL[c] in labels]
+    columns = ferplus_columns(labels)
     out = np.eye(len(labels), dtype=np.float32)[y]
     for n, v in enumerate(votes):
         if v is None:
             continue
         dist = np.zeros(len(labels), np.float32)
-        for src, dst in columns:
+        for src, dst in columns.items():
             dist[dst] += v[src]
         if dist.sum() > 0:
             out[n] = (1 - weight) * out[n] + weight * dist / dist.sum()
