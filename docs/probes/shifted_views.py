@@ -11,19 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from avtca.app.modelfile import open_split, read_model_info
 from avtca.model.evaluate import Predictor, fer_images
 from avtca.model.metrics import summarise
 
 SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (2, 0)]  # (dy, dx), one per frame
 BATCH = 256
-
-
-def session(path: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def shifted(crops: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -33,9 +27,13 @@ def shifted(crops: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def main() -> None:
-    frames, head = session("exported/avtca.frames.onnx"), session("exported/avtca.head.onnx")
+    model = Path("exported/avtca.onnx")
+    parts, reason = open_split(model, read_model_info(model), threads=1)
+    if parts is None:
+        raise SystemExit(f"shifted_views: {reason}")
+    frames, _, head = parts
     audio_shape = tuple(head.get_inputs()[0].shape[1:])  # (mel bands, STFT frames); the voice is marked missing
-    pred = Predictor.onnx(Path("exported/avtca.onnx"), 1)
+    pred = Predictor.onnx(model, 1)
     _, _, crops, y, notes = fer_images(pred, Path("../shared/data/fer2013"), "test")
     print(f"{len(crops)} images, {notes['duplicates_of_training_removed']} duplicates of training images removed")
     views = np.stack([np.concatenate([frames.run(None, {"crops": shifted(crops[i:i + BATCH], dy, dx)})[0]
