@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -326,7 +328,8 @@ def train(args, argv: list[str]) -> dict:
     log(f"[{stage.name}] preset {model.cfg.preset}, {count_parameters(model) / 1e6:.2f} M parameters, "
         f"{sum(p.numel() for p in stage.module.parameters() if p.requires_grad) / 1e6:.2f} M trained here")
     result = fit(stage, epochs=args.epochs, optim=optim_config(args), out_dir=args.out, device=args.device,
-                 autocast_bf16=args.bf16, resume=not args.no_resume, log=log, progress=not args.no_progress)
+                 autocast_bf16=args.bf16, resume=not args.no_resume, log=log, progress=not args.no_progress,
+                 compile=args.compile)
     if result["rank"] == 0 and "metrics" in result["best"]:
         best = result["best"]
         (Path(args.out) / "summary.json").write_text(json.dumps(
@@ -388,6 +391,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training steps through torch.compile (needs a C++ compiler; its first steps wait "
+                        "while it compiles)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--max-items", type=int, help="use at most this many items per split (quick runs, tests)")
     p.add_argument("--no-resume", action="store_true", help="ignore last.pt in --out")
@@ -401,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("avtca-train: --device cuda asked for, but this torch sees no CUDA device; use --device cpu",
               file=sys.stderr)
+        return 2
+    if args.compile and args.device == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        print("avtca-train: --compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one "
+              "(Debian: apt-get install g++) or leave out --compile", file=sys.stderr)
         return 2
     try:
         train(args, argv)

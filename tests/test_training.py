@@ -345,3 +345,34 @@ def test_a_wrong_ferplus_folder_is_named_before_any_image_loads(tmp_path, capsys
     err = capsys.readouterr().err
     assert "fer2013new.csv is missing; --ferplus needs fer2013new.csv and ferplus_to_fer2013_jpg.csv" in err
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_compiled_training_takes_the_eager_step_and_saves_plain_weights(recipe, tmp_path, monkeypatch):
+    import torch._inductor.config
+
+    # Dropout's masks from torch's own generator, as in eager mode, so the two steps can be compared exactly.
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    out = tmp_path / "face"
+    assert train.main(["--stage", "face", "--faces", f"fer2013={recipe['fer']}", "--out", str(out), "--epochs", "1",
+                       "--max-items", "96", "--no-progress", "--threads", "2", "--compile"]) == 0
+    eager = json.loads((recipe["face"] / "history.json").read_text())[0]
+    compiled = json.loads((out / "history.json").read_text())[0]
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+    assert compiled["train_accuracy"] == eager["train_accuracy"]
+    model, state = load_checkpoint(out / "best.pt")
+    assert not any("_orig_mod" in k for k in state["extra"]["stage_module"])  # the module's own names
+    eager_model, _ = load_checkpoint(recipe["face"] / "best.pt")
+    ours, theirs = dict(model.named_parameters()), dict(eager_model.named_parameters())
+    assert ours.keys() == theirs.keys()
+    for name, p in ours.items():  # one warm-up step at lr 2e-6: the same update up to rounding
+        assert torch.allclose(p, theirs[name], atol=1e-5), name
+
+
+def test_compile_without_a_cpp_compiler_is_refused_in_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no g++, c++ or clang++
+    monkeypatch.delenv("CXX", raising=False)
+    assert train.main(["--stage", "face", "--faces", f"fer2013={tmp_path}", "--out", str(tmp_path / "run"),
+                       "--compile"]) == 2
+    assert ("--compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one (Debian: apt-get "
+            "install g++) or leave out --compile") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
