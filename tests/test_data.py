@@ -228,3 +228,36 @@ def test_ferplus_scoring_needs_fer2013_images_and_the_votes(capsys, tmp_path):
     assert main(["--dataset", "fer2013", "--root", str(tmp_path), "--ferplus", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "fer2013new.csv is missing; --ferplus needs fer2013new.csv and ferplus_to_fer2013_jpg.csv" in err
+
+
+def test_duplicates_of_training_images_are_scored_apart_and_with_the_rest(tmp_path):
+    """FER2013 test figures leave out exact copies of training images; avtca-eval also scores those copies alone
+    and with the rest, the way published figures count them."""
+    import json
+
+    from avtca.model.evaluate import main
+
+    trained = [p for c in ("happy", "sad") for p in sorted(shared("fer2013", "train", c).iterdir())[:2]]
+    copies = [(p, f"test/{p.parent.name}/PublicTest_copy{k}.jpg") for k, p in enumerate(trained)]
+    others = [(shared("fer2013", *n.split("/")), n) for n in (
+        "test/happy/PublicTest_63310337.jpg", "test/fear/PublicTest_84039470.jpg", "test/neutral/PublicTest_11074159.jpg")]
+    unrelated = [(shared("fer2013", "train", "angry", "Training_1426440.jpg"), "train/angry/Training_1426440.jpg")]
+
+    def scored(name: str, files: list[tuple[Path, str]]) -> dict:
+        root = tmp_path / name
+        for source, target in files:
+            (root / target).parent.mkdir(parents=True, exist_ok=True)
+            (root / target).write_bytes(source.read_bytes())
+        assert main(["--dataset", "fer2013", "--root", str(root), "--json", str(root / "r.json"), "--threads", "1"]) == 0
+        return json.loads((root / "r.json").read_text())
+
+    both = scored("both", [(p, f"train/{p.parent.name}/{p.name}") for p in trained] + copies + others)
+    alone = scored("copies", unrelated + copies)  # the same pixels as plain test images: nothing in training has them
+    rest = scored("others", unrelated + others)
+    assert both["notes"]["duplicates_of_training_removed"] == 4 and both["n"] == 3
+    assert both["accuracy"] == rest["accuracy"] and both["confusion_matrix"] == rest["confusion_matrix"]
+    assert alone["n"] == 4 and "duplicates_of_training" not in alone
+    d = both["duplicates_of_training"]
+    assert d["n"] == 4 and d["n_with_them"] == 7
+    assert d["accuracy_on_them"] == pytest.approx(alone["accuracy"])
+    assert d["accuracy_with_them"] == pytest.approx((3 * both["accuracy"] + 4 * d["accuracy_on_them"]) / 7)

@@ -34,7 +34,8 @@ def main() -> None:
     frames, _, head = parts
     audio_shape = tuple(head.get_inputs()[0].shape[1:])  # (mel bands, STFT frames); the voice is marked missing
     pred = Predictor.onnx(model, 1)
-    _, _, crops, y, notes = fer_images(pred, Path("../shared/data/fer2013"), "test")
+    faces = fer_images(pred, Path("../shared/data/fer2013"), "test")
+    crops, y, notes = faces.crops, faces.y, faces.notes
     print(f"{len(crops)} images, {notes['duplicates_of_training_removed']} duplicates of training images removed")
     views = np.stack([np.concatenate([frames.run(None, {"crops": shifted(crops[i:i + BATCH], dy, dx)})[0]
                                       for i in range(0, len(crops), BATCH)]) for dy, dx in SHIFTS], 1)
