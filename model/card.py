@@ -57,10 +57,11 @@ def evaluation_section(eval_dir: Path) -> tuple[str, dict]:
         if removed:
             lines.append(f"\n{removed} PublicTest images that are exact pixel copies of training images were removed "
                          f"before {'pairing' if modes else 'scoring'}.")
-        dups = r.get("duplicates_of_training")
-        if dups:
-            lines[-1] += (f" Scored with them, as published FER2013 figures usually are: {dups['accuracy_with_them']:.1%}"
-                          f" (n={dups['n_with_them']}; {dups['accuracy_on_them']:.1%} on the copies alone).")
+            dups = r.get("duplicates_of_training")
+            if dups:
+                lines[-1] += (f" Scored with them, as published FER2013 figures usually are: "
+                              f"{dups['accuracy_with_them']:.1%} (n={dups['n_with_them']}; "
+                              f"{dups['accuracy_on_them']:.1%} on the copies alone).")
         if crowd:
             lines.append(f"\nThe FER+ crowd's majority (10 votes an image; images with one among the labels, "
                          f"n={crowd['n']}) agrees with FER2013's own label on {crowd['crowd_agrees_with_fer2013']:.1%} "

@@ -401,6 +401,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with ($CXX, g++, c++ or clang++), or None."""
+    found = (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
+    return next((path for path in found if path), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -408,8 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         print("avtca-train: --device cuda asked for, but this torch sees no CUDA device; use --device cpu",
               file=sys.stderr)
         return 2
-    if args.compile and args.device == "cpu" and not any(
-            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+    if args.compile and args.device == "cpu" and cpp_compiler() is None:
         print("avtca-train: --compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one "
               "(Debian: apt-get install g++) or leave out --compile", file=sys.stderr)
         return 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -348,7 +347,7 @@ def test_a_wrong_ferplus_folder_is_named_before_any_image_loads(tmp_path, capsys
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+@pytest.mark.skipif(train.cpp_compiler() is None,
                     reason="torch.compile on the CPU needs a C++ compiler (g++); none is on PATH")
 def test_compiled_training_takes_the_eager_step_and_saves_plain_weights(recipe, tmp_path, monkeypatch):
     import torch._inductor.config
