@@ -116,6 +116,8 @@ def _save(path: Path, skipped: Counter, **arrays) -> None:
                                            skip_counts=np.asarray(list(skipped.values()), dtype=np.int64), **arrays))
 
 
-def pixel_hashes(crops: np.ndarray) -> list[bytes]:
-    """One digest per image of its exact pixels (for removing test images duplicated in training)."""
-    return [hashlib.sha1(c.tobytes()).digest() for c in crops]
+def copies_of(reference: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """A bool mask over `crops`: True where an image's pixels exactly equal those of some image in `reference`
+    (test images that are copies of training images)."""
+    seen = {hashlib.sha1(c.tobytes()).digest() for c in reference}
+    return np.asarray([hashlib.sha1(c.tobytes()).digest() in seen for c in crops], bool)

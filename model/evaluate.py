@@ -19,7 +19,7 @@ import numpy as np
 
 from ..app.audio import centre_window
 from ..app.modelfile import ModelFileError, open_model
-from .cache import load_audio_clips, load_face_images, pixel_hashes
+from .cache import copies_of, load_audio_clips, load_face_images
 from .datasets import Item, ferplus_key, ferplus_majority, read_dataset, read_ferplus_votes
 from .labels import map_label, mapping_table
 from .metrics import format_line, summarise
@@ -123,8 +123,7 @@ def fer_images(pred: Predictor, root: Path, split: str) -> FaceImages:
     unique = np.ones(len(crops), bool)
     if split != "train" and train:
         train_crops, _, _ = load_face_images([items[i] for i in train], pred.face_size, pred.face_channels)
-        seen = set(pixel_hashes(train_crops))
-        unique = np.asarray([h not in seen for h in pixel_hashes(crops)], bool)
+        unique = ~copies_of(train_crops, crops)
         notes["duplicates_of_training_removed"] = int((~unique).sum())
     return FaceImages(items, [it for it, u in zip(scored, unique) if u], crops[unique], y[unique], notes,
                       crops[~unique], y[~unique])

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import cache_dir, load_audio_clips, load_face_images, pixel_hashes
+from .cache import cache_dir, copies_of, load_audio_clips, load_face_images
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
 from .config import PRESETS, parse_overrides, preset
 from .datasets import Item, ferplus_key, read_dataset, read_ferplus_votes
@@ -105,8 +105,7 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
     tr, tr_kept, tr_skip = load_face_images([items[i] for i in train], cfg.face_size, cfg.face_channels)
     va, va_kept, va_skip = load_face_images([items[i] for i in val], cfg.face_size, cfg.face_channels)
     tr_y, va_y = ys[np.asarray(train)[tr_kept]], ys[np.asarray(val)[va_kept]]
-    seen = set(pixel_hashes(tr))
-    unique = np.asarray([h not in seen for h in pixel_hashes(va)], bool)
+    unique = ~copies_of(tr, va)
     log(f"faces: {len(tr)} training, {len(va)} validation images; {int((~unique).sum())} validation images are exact "
         f"pixel duplicates of training images and are removed")
     soft = None
@@ -329,7 +328,7 @@ def train(args, argv: list[str]) -> dict:
         f"{sum(p.numel() for p in stage.module.parameters() if p.requires_grad) / 1e6:.2f} M trained here")
     result = fit(stage, epochs=args.epochs, optim=optim_config(args), out_dir=args.out, device=args.device,
                  autocast_bf16=args.bf16, resume=not args.no_resume, log=log, progress=not args.no_progress,
-                 compile=args.compile)
+                 compiled=args.compile)
     if result["rank"] == 0 and "metrics" in result["best"]:
         best = result["best"]
         (Path(args.out) / "summary.json").write_text(json.dumps(

@@ -116,10 +116,10 @@ def _validate_on_cpu(stage: Stage, module: nn.Module, device: str) -> dict:
 
 def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device: str = "cpu",
         autocast_bf16: bool = False, resume: bool = True, log: Callable[[str], None] = print,
-        progress: bool = True, compile: bool = False) -> dict:
+        progress: bool = True, compiled: bool = False) -> dict:
     """Train `stage` for `epochs`, keeping the best validation accuracy; returns the run's summary.
 
-    With `compile`, the training steps run the module through `torch.compile` (TorchInductor: fused kernels, far
+    With `compiled`, the training steps run the module through `torch.compile` (TorchInductor: fused kernels, far
     fewer operator calls); validation and checkpoints use the module itself, which shares the weights."""
     from tqdm import tqdm
 
@@ -135,7 +135,7 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
     train_module: nn.Module = module
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
-    if compile:
+    if compiled:
         train_module = torch.compile(train_module)
     history: list[dict] = []
     start_epoch, best = 0, {"val_accuracy": -1.0}
