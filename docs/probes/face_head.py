@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from avtca.model.checkpoint import load_checkpoint
 from avtca.model.evaluate import Predictor, fer_images
 from avtca.model.metrics import summarise
