@@ -152,8 +152,10 @@ def face_cnn(config: dict) -> str:
     units = "fused (dense 3x3)" if config.get("video_fused") else "depthwise"
     flip = (" Each frame's embedding is the mean of the crop's and its mirror image's."
             if config.get("face_flip_average") else "")
+    side = config["face_size"] // (config["stem_stride"] * config["stem_pool_stride"])
+    stages = ", ".join(str(side // 2 ** k) for k in (1, 2, 3))
     return (f"Per-frame face CNN: widths {', '.join(map(str, config['video_widths']))}, {units} inverted residual "
-            f"units.{flip}")
+            f"units, stages at {stages} pixels a side.{flip}")
 
 
 def render(model: Path, eval_dir: Path, runs: Path | None) -> str:

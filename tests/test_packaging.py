@@ -116,3 +116,16 @@ def test_model_card_shows_the_ferplus_crowd_row_and_the_duplicates(tmp_path):
     assert "--ferplus DATA/ferplus --json" in text
     assert ("1 PublicTest images that are exact pixel copies of training images were removed before scoring. Scored "
             "with them, as published FER2013 figures usually are: 80.0% (n=5; 100.0% on the copies alone).") in text
+
+
+def test_model_card_names_the_face_cnn_stage_resolutions():
+    from dataclasses import asdict, replace
+
+    from avtca.model.card import face_cnn
+    from avtca.model.config import preset
+
+    live = preset("live")
+    assert "stages at 12, 6, 3 pixels a side" in face_cnn(asdict(live))
+    sharper = face_cnn(asdict(replace(live, stem_pool_stride=1, face_flip_average=True)))
+    assert "widths 32, 128, 256, 512, 512, fused (dense 3x3)" in sharper
+    assert "stages at 24, 12, 6 pixels a side. Each frame's embedding is the mean" in sharper
