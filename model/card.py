@@ -113,15 +113,28 @@ def on_gpu(command: str) -> bool:
     return option_value(command, "--device") == "cuda"
 
 
+def face_args(command: str) -> str:
+    """The options of a face stage's command that `make model` takes in FACE_ARGS (`--compile`, `--set K=V`)."""
+    words, extra = command.split(), []
+    for word, following in zip(words, [*words[1:], None]):
+        if word == "--compile" or word.startswith("--set="):
+            extra.append(word)
+        elif word == "--set" and following is not None:
+            extra += [word, following]
+    return " ".join(extra)
+
+
 def training_section(meta: dict, runs: Path | None) -> str:
     training = meta["training"]
     stages = training.get("stages", [])
     gpu = [on_gpu(stage["command"]) for stage in stages]
+    extra = " ".join(filter(None, (face_args(s["command"]) for s in stages if s["stage"] == "face")))
+    make = f'make model FACE_ARGS="{extra}"' if extra else "make model"
     if any(gpu):
         lines = ["- Exact commands, in order (those with `--device cuda` ran on a lent GPU; `make model` runs the "
                  "recipe on the CPU alone):"]
     else:
-        lines = ["- Exact commands, in order (`make model` runs them):"]
+        lines = [f"- Exact commands, in order (`{make}` runs them):"]
     for stage in stages:
         lines.append(f"  - `{stage['command']}`")
     total = typical = gpu_total = 0.0  # as run; every epoch at the fastest epoch's time (undisturbed, roughly)

@@ -129,3 +129,15 @@ def test_model_card_names_the_face_cnn_stage_resolutions():
     sharper = face_cnn(asdict(replace(live, stem_pool_stride=1, face_flip_average=True)))
     assert "widths 32, 128, 256, 512, 512, fused (dense 3x3)" in sharper
     assert "stages at 24, 12, 6 pixels a side. Each frame's embedding is the mean" in sharper
+
+
+def test_model_card_names_the_face_args_a_face_command_used():
+    from avtca.model.card import face_args, training_section
+
+    command = "avtca-train --stage face --epochs 40 --bf16 --compile --set stem_pool_stride=1 --out runs/f"
+    assert face_args(command) == "--compile --set stem_pool_stride=1"
+    assert face_args("avtca-train --stage face --set=video_widths=16,64,128,256,512") == "--set=video_widths=16,64,128,256,512"
+    stages = [{"stage": "face", "command": command, "best_epoch": 35},
+              {"stage": "voice", "command": "avtca-train --stage voice --compile --out runs/v", "best_epoch": 46}]
+    text = training_section({"training": {"stages": stages}}, runs=None)
+    assert '(`make model FACE_ARGS="--compile --set stem_pool_stride=1"` runs them)' in text
