@@ -165,6 +165,20 @@ def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log
         f"per new face crop {out['live.frame_encode.median_ms']:.2f} ms")
 
 
+def bench_model_encoder(model_path: Path, threads: int, runs: int, out: dict, log) -> None:
+    """The per-crop cost of the model the app runs (`--model`): its face encoder part, as exported (its own face CNN,
+    with its flip averaging when it has it), on one crop of its input size."""
+    path = model_path.with_name(model_path.stem + ".frames.onnx")
+    if not path.is_file():
+        log(f"model per new face crop: skipped, {path} is not here")
+        return
+    session = ort_session(path, threads)
+    shape = [1, *session.get_inputs()[0].shape[1:]]
+    crop = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    out.update(_flat("model.frame_encode", time_calls(lambda: session.run(None, {"crops": crop}), runs, 5)))
+    log(f"{model_path.name} per new face crop: {out['model.frame_encode.median_ms']:.2f} ms median")
+
+
 def bench_pipeline(model_path: Path, clip: Path, label: str, realtime_seconds: float, out: dict, log) -> None:
     """The headless pipeline on a file: --fast throughput, then real time for a while."""
     from ..app.live import build, parser
@@ -321,6 +335,8 @@ MARKDOWN_ROWS = [
     ("live per tick (audio features once + head on the batch of 3, median / p95 ms)", "live.tick.median_ms",
      "live.tick.p95_ms"),
     ("live per new face crop (encoder, median ms)", "live.frame_encode.median_ms"),
+    ("shipped model per new face crop (its encoder, flip averaging included, median ms)",
+     "model.frame_encode.median_ms"),
     ("paper batch 1: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "paper.torch.batch1.median_ms",
      "paper.ort_fp32.batch1.median_ms", "paper.ort_int8.batch1.median_ms"),
     ("paper batch 3: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "paper.torch.batch3.median_ms",
@@ -401,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = environment(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     bench_model("live", args.threads, runs, int8=not args.quick, out=out, log=log)
+    bench_model_encoder(args.model, args.threads, runs, out, log)
     if not args.quick:
         bench_model("paper", args.threads, runs, int8=True, out=out, log=log, all_cores=os.cpu_count() or 1)
         for clip, label in ((DEMO_CLIP, "demo"), (args.clip, "face640x360")):

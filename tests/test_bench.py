@@ -17,7 +17,7 @@ def test_quick_bench_writes_json(tmp_path, capsys):
     figures = json.loads(out.read_text())
     for key in ("live.params", "live.gflops", "live.torch.batch1.median_ms", "live.ort_fp32.batch1.median_ms",
                 "live.ort_fp32.batch3.p95_ms", "live.ratio_ort_fp32_to_torch.batch1", "live.tick.median_ms",
-                "live.frame_encode.median_ms", "env.cpu", "env.threads", "env.onnxruntime"):
+                "live.frame_encode.median_ms", "model.frame_encode.median_ms", "env.cpu", "env.threads", "env.onnxruntime"):
         assert key in figures, key
     for key, value in figures.items():
         if key.endswith("_ms"):
