@@ -20,7 +20,7 @@ import torch
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
 from .card import cpu_name
 from .config import preset
-from .export import Head, example_inputs, export
+from .export import Head, example_inputs, export, split_paths
 from .network import AVTCA, count_parameters
 
 PIPELINE_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "unlabelled_video" / "WolfgangLanger_Pexels.mp4"
@@ -136,11 +136,8 @@ def _ratios(out: dict, name: str, tag: str) -> None:
 def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log) -> None:
     """What the app pays: per tick the audio features once and the head on the batch of 3; per new face crop
     the encoder once."""
-    stem = fp32.with_suffix("")
-    def part(suffix: str):
-        return ort_session(stem.with_name(stem.name + suffix), threads)
-
-    frames, audio_features, head = part(".frames.onnx"), part(".audio.onnx"), part(".head.onnx")
+    parts = split_paths(fp32)
+    frames, audio_features, head = (ort_session(parts[p], threads) for p in ("frames", "audio", "head"))
     audio, faces, presence = example_inputs(model, 3)
     with torch.no_grad():
         emb = model.encode_frames(faces).numpy()
@@ -168,7 +165,7 @@ def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log
 def bench_model_encoder(model_path: Path, threads: int, runs: int, out: dict, log) -> None:
     """The per-crop cost of the model the app runs (`--model`): its face encoder part, as exported (its own face CNN,
     with its flip averaging when it has it), on one crop of its input size."""
-    path = model_path.with_name(model_path.stem + ".frames.onnx")
+    path = split_paths(model_path)["frames"]
     if not path.is_file():
         log(f"model per new face crop: skipped, {path} is not here")
         return
