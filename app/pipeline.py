@@ -4,6 +4,10 @@
   process_frame(frame)  detect faces, crop the largest, remember it with its capture time
   tick(t)               the audio window ending at t and the T crops spread over that same window, scored
                         fused, voice-only and face-only in one batched ONNX Runtime call
+
+The T crops of a window are the frames nearest `clip_times`, on a fixed grid no finer than a tick, so once a
+run is a window old, a tick uses at most one crop that no earlier tick used. With the split model a crop is encoded the first time a tick
+uses it: 8 crops a second for the live preset, whatever the camera's frame rate.
 Torch-free.
 """
 
@@ -30,7 +34,7 @@ class SeenFrame:
     t: float
     faces: list[Face]
     crop: np.ndarray | None  # the largest face, cropped for the model
-    embedding: np.ndarray | None = None  # its per-frame CNN embedding, when the split model is in use
+    embedding: np.ndarray | None = None  # its per-frame CNN embedding, once a tick has used this crop
 
 
 @dataclass
@@ -78,6 +82,20 @@ class Smoother:
         return self._state
 
 
+def clip_times(t_end: float, window_seconds: float, frames: int, tick_seconds: float = 1.0 / TICK_HZ) -> list[float]:
+    """The times of the `frames` crops for the window ending at `t_end`: those of `frame_times`, moved together
+    by at most half a grid step onto a fixed grid that divides their spacing and is no finer than a tick.
+
+    So once a run is a window old, a tick adds at most one time that no earlier tick used: a run needs a few crops a second (8 for 8 frames
+    in 3 s), not every frame, and each is encoded once.
+    """
+    step = window_seconds / frames
+    per_step = max(1, int(step / tick_seconds + 1e-9))
+    grid = step / per_step
+    first = round(frame_times(t_end, window_seconds, frames)[0] / grid)
+    return [(first + i * per_step) * grid for i in range(frames)]
+
+
 def resample_linear(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Resample a 1-D signal by linear interpolation, after a box low-pass when shrinking."""
     if rate_in == rate_out:
@@ -96,8 +114,8 @@ class Engine:
     def __init__(self, session, info: ModelInfo, detector: FaceDetector, smooth_seconds: float = 0.5,
                  split: tuple | None = None):
         self.session, self.info, self.detector = session, info, detector
-        # With the split model, each crop is encoded once when it arrives; a tick computes the audio features
-        # once and runs only the head on the batch of three.
+        # With the split model, a crop is encoded once, when a tick first uses it; a tick computes the audio
+        # features once and runs only the head on the batch of three.
         self.frames_session, self.audio_session, self.head_session = split if split else (None, None, None)
         self.labels = info.labels
         self.history: deque[SeenFrame] = deque()
@@ -105,6 +123,7 @@ class Engine:
         self.smoothers = {k: Smoother(smooth_seconds) for k in ("fused", "voice", "face")}
         self.stage_ms = self._zero_stages()
         self.frames_processed = 0
+        self.crops_encoded = 0
         self._newest_capture_wall: float | None = None
         size, ch, t = info.face_size, info.face_channels, info.frames
         self._blank_faces = np.zeros((t, size, size, ch), np.uint8)
@@ -126,20 +145,24 @@ class Engine:
         t1 = time.perf_counter()
         crop = crop_face(frame.rgb, faces[0], self.info.face_size, self.info.face_channels) if faces else None
         t2 = time.perf_counter()
-        embedding = None
-        if crop is not None and self.frames_session is not None:
-            embedding = self.frames_session.run(None, {"crops": crop[None]})[0][0]
-            self.stage_ms["encode"] += (time.perf_counter() - t2) * 1000
         self.stage_ms["decode"] += frame.decode_ms
         self.stage_ms["detect"] += (t1 - t0) * 1000
         self.stage_ms["crop"] += (t2 - t1) * 1000
-        seen = SeenFrame(frame.t, faces, crop, embedding)
+        seen = SeenFrame(frame.t, faces, crop)
         self.history.append(seen)
         while self.history and self.history[0].t < frame.t - self.history_seconds:
             self.history.popleft()
         self.frames_processed += 1
         self._newest_capture_wall = frame.wall
         return seen
+
+    def _embedding(self, seen: SeenFrame) -> np.ndarray:
+        if seen.embedding is None:
+            t0 = time.perf_counter()
+            seen.embedding = self.frames_session.run(None, {"crops": seen.crop[None]})[0][0]
+            self.stage_ms["encode"] += (time.perf_counter() - t0) * 1000
+            self.crops_encoded += 1
+        return seen.embedding
 
     def face_clip(self, t: float) -> tuple[np.ndarray, bool, list[Face]]:
         """(T crops (or their embeddings) over the window ending at t, face present, boxes of the newest frame
@@ -153,9 +176,9 @@ class Engine:
         if not present:
             return self._blank_faces, False, newest.faces
         clip = []
-        for ft in frame_times(t, self.info.window_seconds, self.info.frames):
+        for ft in clip_times(t, self.info.window_seconds, self.info.frames):
             nearest = min(with_face, key=lambda f: abs(f.t - ft))
-            clip.append(nearest.crop if self.frames_session is None else nearest.embedding)
+            clip.append(nearest.crop if self.frames_session is None else self._embedding(nearest))
         return np.stack(clip), True, newest.faces
 
     # -- per tick --------------------------------------------------------------------------------------
@@ -165,8 +188,8 @@ class Engine:
         With a real-time source's `clock`, latency_ms gets capture_to_result (from the capture of the newest
         input, the audio at t, to the result) and frame_age (how old the newest face frame is at the result).
         """
+        faces, face_present, boxes = self.face_clip(t)  # encodes the crops no tick has used yet
         stage_ms, self.stage_ms = self.stage_ms, self._zero_stages()
-        faces, face_present, boxes = self.face_clip(t)
         pcm = np.zeros(self.info.window_samples, np.float32)
         if audio is not None and audio.t_end is not None:
             native = int(round(self.info.window_seconds * audio.sample_rate_hz))

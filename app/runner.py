@@ -150,4 +150,7 @@ class Runner:
 
     def summary(self) -> dict:
         dropped = self.source.frames.dropped
-        return self.stats.summary(self.engine.frames_processed, dropped, getattr(self.source, "duration", None))
+        out = self.stats.summary(self.engine.frames_processed, dropped, getattr(self.source, "duration", None))
+        if self.engine.frames_session is not None:  # the split model: crops run through the face CNN
+            out["crops_encoded"] = self.engine.crops_encoded
+        return out

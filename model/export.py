@@ -202,7 +202,7 @@ def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
     """The per-frame face encoder, the audio front end and the head as three more files, checked together
     against the full model.
 
-    The app encodes each face crop once when it arrives; per tick it computes the audio features once and runs
+    The app encodes each face crop once, when a window first uses it; per tick it computes the audio features once and runs
     the head on the batch of three (fused, voice only, face only). Exact: the face CNN sees each frame on its
     own, and the three rows share one audio window.
     """

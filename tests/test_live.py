@@ -14,6 +14,7 @@ from avtca.app import live
 from avtca.app.audio import AudioRing, frame_times, window_ending_at
 from avtca.app.media import video_info
 from avtca.app.paths import DEMO_CLIP
+from avtca.app.pipeline import clip_times
 
 from conftest import shared
 
@@ -122,3 +123,29 @@ def test_split_model_ticks_equal_the_full_model(tmp_path):
         for key in ("fused", "voice", "face"):
             if a[key] is not None:
                 assert a[key] == pytest.approx(b[key], abs=1e-4)
+
+
+def test_window_crops_sit_on_a_grid_a_tick_apart():
+    """Once the first window has passed, each tick uses at most one crop time that no earlier tick used, and each
+    time stays within half a grid step (0.125 s for 8 frames in 3 s at 10 Hz) of the evenly spread time it stands
+    for."""
+    ticks = {i: clip_times(0.1 * i, 3.0, 8) for i in range(1, 131)}
+    used = set().union(*(ticks[i] for i in range(1, 31)))
+    new = 0
+    for i in range(31, 131):  # 10 s of ticks
+        new += len(set(ticks[i]) - used)
+        assert len(set(ticks[i]) - used) <= 1
+        used |= set(ticks[i])
+    assert new == 80  # 8 crops a second
+    for i, times in ticks.items():
+        assert np.diff(times) == pytest.approx([0.375] * 7)
+        assert np.abs(np.subtract(times, frame_times(0.1 * i, 3.0, 8))).max() <= 0.0625 + 1e-9
+
+
+def test_split_model_encodes_only_the_crops_its_windows_use(tmp_path, capsys):
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
+    code, lines = run_headless(tmp_path, clip)
+    assert code == 0 and all(r["face_present"] for r in lines)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+    assert summary["crops_encoded"] <= 8 * summary["media_seconds"] + 1  # 8 a second, and the first frame
+    assert summary["frames_processed"] >= 3 * summary["crops_encoded"]  # a 30 frames/s clip
