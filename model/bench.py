@@ -172,6 +172,7 @@ def bench_model_encoder(model_path: Path, threads: int, runs: int, out: dict, lo
     session = ort_session(path, threads)
     shape = [1, *session.get_inputs()[0].shape[1:]]
     crop = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    out["model.path"] = str(model_path)
     out.update(_flat("model.frame_encode", time_calls(lambda: session.run(None, {"crops": crop}), runs, 5)))
     log(f"{model_path.name} per new face crop: {out['model.frame_encode.median_ms']:.2f} ms median")
 
@@ -332,7 +333,7 @@ MARKDOWN_ROWS = [
     ("live per tick (audio features once + head on the batch of 3, median / p95 ms)", "live.tick.median_ms",
      "live.tick.p95_ms"),
     ("live per new face crop (encoder, median ms)", "live.frame_encode.median_ms"),
-    ("shipped model per new face crop (its encoder, flip averaging included, median ms)",
+    ("--model per new face crop (its encoder, flip averaging included, median ms)",
      "model.frame_encode.median_ms"),
     ("paper batch 1: PyTorch eager / ORT fp32 / ORT int8 (median ms)", "paper.torch.batch1.median_ms",
      "paper.ort_fp32.batch1.median_ms", "paper.ort_int8.batch1.median_ms"),
@@ -370,7 +371,9 @@ def markdown(figures: dict) -> str:
     env = (f"{figures.get('env.cpu')}, {figures.get('env.cpu_count')} cores, {figures.get('env.threads')} thread(s), "
            f"onnxruntime {figures.get('env.onnxruntime')}, torch {figures.get('env.torch')}, "
            f"{figures.get('env.provider')}")
-    lines = [f"Machine: {env}.", "", "| measure | figure |", "|---|---|"]
+    model = figures.get("model.path")
+    lines = [f"Machine: {env}." + (f" `--model` (pipeline rows too): `{model}`." if model else ""), "",
+             "| measure | figure |", "|---|---|"]
     for title, *keys in MARKDOWN_ROWS:
         values = [figures.get(k.format(cores=figures.get("env.cpu_count"))) for k in keys]
         if all(v is None for v in values):

@@ -131,7 +131,7 @@ def training_section(meta: dict, runs: Path | None) -> str:
     extra = " ".join(filter(None, (face_args(s["command"]) for s in stages if s["stage"] == "face")))
     make = f'make model FACE_ARGS="{extra}"' if extra else "make model"
     if any(gpu):
-        lines = ["- Exact commands, in order (those with `--device cuda` ran on a lent GPU; `make model` runs the "
+        lines = [f"- Exact commands, in order (those with `--device cuda` ran on a lent GPU; `{make}` runs the "
                  "recipe on the CPU alone):"]
     else:
         lines = [f"- Exact commands, in order (`{make}` runs them):"]

@@ -115,7 +115,7 @@ def build_metadata(model: AVTCA, training: dict | None, evaluation: dict | None,
     }
 
 
-def _torch_to_onnx(model: torch.nn.Module, path: Path, inputs: tuple[torch.Tensor, ...] | None = None,
+def torch_to_onnx(model: torch.nn.Module, path: Path, inputs: tuple[torch.Tensor, ...] | None = None,
                    names: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME) -> None:
     batch = torch.export.Dim("batch", min=1, max=1024)
     inputs = inputs if inputs is not None else example_inputs(model, 2)
@@ -212,12 +212,12 @@ def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
     cfg = model.cfg
     audio, faces, presence = example_inputs(model, 3, CHECK_SEED + 3)
     crops = faces.reshape(-1, cfg.face_size, cfg.face_size, cfg.face_channels)
-    _torch_to_onnx(FrameEncoder(inference_form(model)), paths["frames"], (crops[:4],), ("crops",), "embeddings")
-    _torch_to_onnx(AudioFeatures(model), paths["audio"], (audio[:2],), ("audio",), "audio_features")
+    torch_to_onnx(FrameEncoder(inference_form(model)), paths["frames"], (crops[:4],), ("crops",), "embeddings")
+    torch_to_onnx(AudioFeatures(model), paths["audio"], (audio[:2],), ("audio",), "audio_features")
     with torch.no_grad():
         emb = model.encode_frames(faces)
         feats = model.audio_frontend(audio)
-    _torch_to_onnx(Head(model), paths["head"], (feats[:2], emb[:2], presence[:2]),
+    torch_to_onnx(Head(model), paths["head"], (feats[:2], emb[:2], presence[:2]),
                    ("audio_features", "frame_embeddings", "presence"), OUTPUT_NAME)
     for part, path in paths.items():
         _write_metadata(path, {**metadata, "part": part, "full_model": out.name})
@@ -246,7 +246,7 @@ def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict |
     metadata = build_metadata(model, training, evaluation, int8)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        _torch_to_onnx(inference_form(model), fp32)
+        torch_to_onnx(inference_form(model), fp32)
         _write_metadata(fp32, metadata)
         staged = fp32
         if int8:

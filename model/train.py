@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -282,8 +283,10 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         voices, voice_info = voice_data(args, cfg)
         log(f"{FACE_VIEWS} views of per-frame embeddings for {len(faces.train)} training faces (computed once per "
             f"face CNN, then read from the cache in {cache_dir()}) ...")
+        started = time.monotonic()
         emb = cached_frame_embeddings(model, faces.train, FACE_VIEWS, seed)
         val_emb = cached_frame_embeddings(model, faces.val, 1, seed)[:, 0]
+        log(f"embeddings ready in {(time.monotonic() - started) / 60:.1f} min")
         data = PairData(voices, emb, faces.train_y, val_emb, faces.val_y)
         module = FusionHead(model)
 

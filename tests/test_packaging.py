@@ -141,3 +141,7 @@ def test_model_card_names_the_face_args_a_face_command_used():
               {"stage": "voice", "command": "avtca-train --stage voice --compile --out runs/v", "best_epoch": 46}]
     text = training_section({"training": {"stages": stages}}, runs=None)
     assert '(`make model FACE_ARGS="--compile --set stem_pool_stride=1"` runs them)' in text
+    stages[0]["command"] = command.replace("--bf16", "--bf16 --device cuda")  # the face stage on a lent GPU
+    text = training_section({"training": {"stages": stages}}, runs=None)
+    assert ('ran on a lent GPU; `make model FACE_ARGS="--compile --set stem_pool_stride=1"` runs the recipe on the '
+            'CPU alone)') in text

@@ -12,7 +12,7 @@ import pytest
 import torch
 from avtca.model.blocks import channel_shuffle
 from avtca.model.config import preset
-from avtca.model.export import FrameEncoder, _torch_to_onnx
+from avtca.model.export import FrameEncoder, torch_to_onnx
 from avtca.model.network import AVTCA
 from avtca.model.packed import (
     BLOCK,
@@ -74,7 +74,7 @@ def test_packed_frame_encoder_onnx_has_no_shuffles_and_only_aligned_widths(tmp_p
     cfg = model.cfg
     path = tmp_path / "frames.onnx"
     faces = crops(cfg, 2, seed=3)[0]
-    _torch_to_onnx(FrameEncoder(inference_form(model)), path, (faces,), ("crops",), "embeddings")
+    torch_to_onnx(FrameEncoder(inference_form(model)), path, (faces,), ("crops",), "embeddings")
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["Split"] == 0

@@ -273,6 +273,34 @@ def test_fusion_embeddings_are_cached_per_face_cnn(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("embeddings-*.npy"))) == 2 and not np.array_equal(other, first)
 
 
+def test_fusion_embeddings_are_what_the_app_computes(tmp_path):
+    """The fusion stage's embeddings come from the exported per-frame encoder in ONNX Runtime: they match PyTorch on
+    the same real FER2013 crops (flip averaging on), and each augmented view is a uint8 image, as a camera's is."""
+    from PIL import Image
+
+    from avtca.model.augment import augment_faces
+    from avtca.model.config import preset
+    from avtca.model.network import AVTCA
+    from avtca.model.stages import frame_embeddings, scale_pixels, to_pixels
+
+    files = sorted(shared("fer2013", "test", "happy").glob("*.jpg"))[:5] + \
+        sorted(shared("fer2013", "test", "angry").glob("*.jpg"))[:5]
+    crops = np.stack([np.asarray(Image.open(f).convert("L"))[..., None] for f in files])
+    torch.manual_seed(0)
+    model = AVTCA(preset("live")).eval()
+    model.face_encoder.flip_average = True
+    got = frame_embeddings(model, crops, 3, seed=7).astype(np.float32)
+    g = torch.Generator().manual_seed(7)
+    pixels = to_pixels(crops)
+    with torch.no_grad():
+        for v in range(3):
+            view = pixels if v == 0 else augment_faces(pixels, g, erase_p=0.0).round().clamp(0, 255)
+            expected = model.face_encoder(scale_pixels(view)).numpy()
+            assert np.abs(got[:, v] - expected).max() < 2e-3 * np.abs(expected).max()  # float16 storage
+    assert np.abs(got[:, 1] - got[:, 0]).max() > 0.05 * np.abs(got[:, 0]).max()  # the views differ
+    assert model.face_encoder.training is False
+
+
 def test_set_shapes_a_new_network_and_is_refused_with_init(recipe):
     args = train.parser().parse_args(["--stage", "face", "--out", "unused", "--set", "stem_pool_stride=1",
                                       "--set", "video_widths=16,64,128,256,512"])
