@@ -11,7 +11,7 @@ RUNS   ?= runs/live
 VOICES := $(DATA)/ravdess/Audio_Speech_16k_Actors_01-20
 EVAL   := $(BIN)/avtca-eval --model exported/avtca.onnx
 # Extra options for the face stage, e.g. FACE_ARGS="--compile --set stem_pool_stride=1" (a face CNN at twice the
-# resolution: about 2 points more on FER2013, but about 4 hours here instead of 1.5; docs/experiments.md).
+# resolution: about 2 points more on FER2013, but about 4.5 hours here instead of 2; docs/experiments.md).
 FACE_ARGS ?=
 
 .PHONY: live test model model-train model-export model-eval export bench clean

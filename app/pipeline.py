@@ -6,8 +6,8 @@
                         fused, voice-only and face-only in one batched ONNX Runtime call
 
 The T crops of a window are the frames nearest `clip_times`, on a fixed grid no finer than a tick, so once a
-run is a window old, a tick uses at most one crop that no earlier tick used. With the split model a crop is encoded the first time a tick
-uses it: 8 crops a second for the live preset, whatever the camera's frame rate.
+run is a window old, a tick uses at most one crop that no earlier tick used. With the split model a crop is
+encoded the first time a tick uses it: 8 crops a second for the live preset, whatever the camera's frame rate.
 Torch-free.
 """
 
@@ -86,8 +86,8 @@ def clip_times(t_end: float, window_seconds: float, frames: int, tick_seconds: f
     """The times of the `frames` crops for the window ending at `t_end`: those of `frame_times`, moved together
     by at most half a grid step onto a fixed grid that divides their spacing and is no finer than a tick.
 
-    So once a run is a window old, a tick adds at most one time that no earlier tick used: a run needs a few crops a second (8 for 8 frames
-    in 3 s), not every frame, and each is encoded once.
+    So once a run is a window old, a tick adds at most one time that no earlier tick used: a run needs a few
+    crops a second (8 for 8 frames in 3 s), not every frame, and each is encoded once.
     """
     step = window_seconds / frames
     per_step = max(1, int(step / tick_seconds + 1e-9))

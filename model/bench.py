@@ -23,7 +23,8 @@ from .config import preset
 from .export import Head, example_inputs, export, split_paths
 from .network import AVTCA, count_parameters
 
-PIPELINE_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "unlabelled_video" / "WolfgangLanger_Pexels.mp4"
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_CLIP = REPO.parent / "shared" / "data" / "unlabelled_video" / "WolfgangLanger_Pexels.mp4"
 
 
 def stats(times_s: list[float]) -> dict:
@@ -372,6 +373,8 @@ def markdown(figures: dict) -> str:
            f"onnxruntime {figures.get('env.onnxruntime')}, torch {figures.get('env.torch')}, "
            f"{figures.get('env.provider')}")
     model = figures.get("model.path")
+    if model and Path(model).is_relative_to(REPO):
+        model = Path(model).relative_to(REPO).as_posix()
     lines = [f"Machine: {env}." + (f" `--model` (pipeline rows too): `{model}`." if model else ""), "",
              "| measure | figure |", "|---|---|"]
     for title, *keys in MARKDOWN_ROWS:

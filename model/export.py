@@ -116,7 +116,7 @@ def build_metadata(model: AVTCA, training: dict | None, evaluation: dict | None,
 
 
 def torch_to_onnx(model: torch.nn.Module, path: Path, inputs: tuple[torch.Tensor, ...] | None = None,
-                   names: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME) -> None:
+                  names: tuple[str, ...] = INPUT_NAMES, output: str = OUTPUT_NAME) -> None:
     batch = torch.export.Dim("batch", min=1, max=1024)
     inputs = inputs if inputs is not None else example_inputs(model, 2)
     # The exporter narrates its optimisation passes on stdout/stderr; keep that for when it fails.
@@ -202,9 +202,9 @@ def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
     """The per-frame face encoder, the audio front end and the head as three more files, checked together
     against the full model.
 
-    The app encodes each face crop once, when a window first uses it; per tick it computes the audio features once and runs
-    the head on the batch of three (fused, voice only, face only). Exact: the face CNN sees each frame on its
-    own, and the three rows share one audio window.
+    The app encodes each face crop once, when a window first uses it; per tick it computes the audio features
+    once and runs the head on the batch of three (fused, voice only, face only). Exact: the face CNN sees each
+    frame on its own, and the three rows share one audio window.
     """
     import onnxruntime as ort
 
@@ -218,7 +218,7 @@ def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
         emb = model.encode_frames(faces)
         feats = model.audio_frontend(audio)
     torch_to_onnx(Head(model), paths["head"], (feats[:2], emb[:2], presence[:2]),
-                   ("audio_features", "frame_embeddings", "presence"), OUTPUT_NAME)
+                  ("audio_features", "frame_embeddings", "presence"), OUTPUT_NAME)
     for part, path in paths.items():
         _write_metadata(path, {**metadata, "part": part, "full_model": out.name})
         onnx.checker.check_model(str(path), full_check=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +24,10 @@ from ..app.audio import centre_window
 from .augment import augment_audio, augment_faces, random_window
 from .cache import atomic_save, cache_dir
 from .checkpoint import weights_sha256
+from .export import FrameEncoder, torch_to_onnx
 from .metrics import summarise
 from .network import AVTCA
+from .packed import inference_form
 from .splits import pair_indices
 
 FACE_BATCH = 128
@@ -139,18 +144,10 @@ def face_predict(classifier: FrameClassifier, crops: np.ndarray) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
-def frame_encoder_session(model: AVTCA):
+def frame_encoder_session(model: AVTCA) -> ort.InferenceSession:
     """The model's per-frame face CNN as the app runs it: avtca-export's per-frame encoder (uint8 crops ->
-    embeddings) in ONNX Runtime on the CPU, with as many threads as torch uses. On this 2-core machine it encodes
-    a crop in about half the time of PyTorch eager, and four times the crops of FER2013 are encoded for fusion."""
-    import tempfile
-    from pathlib import Path
-
-    import onnxruntime as ort
-
-    from .export import FrameEncoder, torch_to_onnx
-    from .packed import inference_form
-
+    embeddings) in ONNX Runtime on the CPU, with as many threads as torch uses. Here it encodes a crop in less
+    than half the time PyTorch eager takes (docs/probes/embedding_pass.py)."""
     cfg = model.cfg
     example = torch.zeros(2, cfg.face_size, cfg.face_size, cfg.face_channels, dtype=torch.uint8)
     options = ort.SessionOptions()
