@@ -81,6 +81,7 @@ class Runner:
         self.done = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+        self.media_reached = 0.0  # how far into a file the run got, in media seconds
 
     def _emit(self, t: float) -> None:
         result = self.engine.tick(t, self.source.audio, self.source.clock if self.source.realtime else None)
@@ -93,6 +94,7 @@ class Runner:
         for t, frame in self.source.events():
             if self.stop_event.is_set():
                 return
+            self.media_reached = t
             self.source.feed_audio_until(t)
             if frame is not None:
                 seen = self.engine.process_frame(frame)
@@ -119,11 +121,14 @@ class Runner:
                 next_tick += self.dt
                 if now - next_tick > 1.0:  # fell far behind (machine suspended?): skip, do not queue
                     next_tick = now + self.dt
+            self.media_reached = now - start
             if self.source.exhausted():
                 end = getattr(self.source, "duration", None)
                 while end is not None and next_tick <= end + 1e-9 and not self.stop_event.is_set():
                     self._emit(next_tick)
                     next_tick += self.dt
+                if end is not None:
+                    self.media_reached = end
                 return
 
     def run(self) -> None:
@@ -150,7 +155,9 @@ class Runner:
 
     def summary(self) -> dict:
         dropped = self.source.frames.dropped
-        out = self.stats.summary(self.engine.frames_processed, dropped, getattr(self.source, "duration", None))
+        duration = getattr(self.source, "duration", None)  # a file; devices have none
+        played = min(self.media_reached, duration) if duration else None  # --seconds may stop a file early
+        out = self.stats.summary(self.engine.frames_processed, dropped, played)
         if self.engine.frames_session is not None:  # the split model: crops run through the face CNN
             out["crops_encoded"] = self.engine.crops_encoded
         return out

@@ -143,6 +143,20 @@ def test_window_crops_sit_on_a_grid_a_tick_apart():
         assert np.abs(np.subtract(times, frame_times(0.1 * i, 3.0, 8))).max() <= 0.0625 + 1e-9
 
 
+def test_summary_counts_the_media_a_stopped_run_played(tmp_path, capsys):
+    """--seconds stops real-time playback of a file early: the summary's media time is what was played, not the
+    file's length, so CPU seconds per media second stay honest."""
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")  # 2.3 s
+    out = tmp_path / "ticks.jsonl"
+    assert live.main(["--headless", "--source", str(clip), "--seconds", "1", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+    ticks = [json.loads(line)["t"] for line in out.read_text().splitlines()]
+    assert 0.7 <= summary["media_seconds"] <= 1.5
+    assert summary["media_seconds"] == pytest.approx(max(ticks), abs=0.15)
+    assert summary["cpu_seconds_per_media_second"] == pytest.approx(
+        summary["cpu_seconds"] / summary["media_seconds"], rel=0.02)
+
+
 def test_split_model_encodes_only_the_crops_its_windows_use(tmp_path, capsys):
     clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
     code, lines = run_headless(tmp_path, clip)
