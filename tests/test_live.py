@@ -152,7 +152,7 @@ def test_summary_counts_the_media_a_stopped_run_played(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
     ticks = [json.loads(line)["t"] for line in out.read_text().splitlines()]
     assert 0.7 <= summary["media_seconds"] <= 1.5
-    assert summary["media_seconds"] == pytest.approx(max(ticks), abs=0.15)
+    assert summary["media_seconds"] == pytest.approx(max(ticks), abs=0.2)  # a tick every 0.1 s
     assert summary["cpu_seconds_per_media_second"] == pytest.approx(
         summary["cpu_seconds"] / summary["media_seconds"], rel=0.02)
 
