@@ -153,9 +153,14 @@ def eval_faces(pred: Predictor, root: Path, split: str, ferplus: Path | None = N
     return result, notes
 
 
+def face_probabilities(pred: Predictor, crops: np.ndarray) -> np.ndarray:
+    """Face-only class probabilities of single images, each shown as T identical frames."""
+    return pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"])
+
+
 def face_predictions(pred: Predictor, crops: np.ndarray) -> np.ndarray:
     """Face-only predicted classes of single images, each shown as T identical frames."""
-    return pred.predict(pred.empty_audio(len(crops)), face_clip(crops, pred.frames), MODES["face_only"]).argmax(1)
+    return face_probabilities(pred, crops).argmax(1)
 
 
 def crowd_scores(votes: dict[str, list[int]], scored: list[Item], y: np.ndarray, predicted: np.ndarray, labels

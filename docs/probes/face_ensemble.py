@@ -12,21 +12,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from avtca.model.evaluate import MODES, Predictor, face_clip, fer_images
-
-
-def face_probabilities(pred: Predictor, crops: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([
-        pred.predict(pred.empty_audio(len(c)), face_clip(c, pred.frames), MODES["face_only"])
-        for c in (crops[i:i + batch] for i in range(0, len(crops), batch))])
+from avtca.model.evaluate import Predictor, face_probabilities, fer_images
 
 
 def main(a: str, b: str) -> None:
     first, second = Predictor.onnx(Path(a)), Predictor.onnx(Path(b))
-    if first.labels != second.labels or first.face_size != second.face_size:
-        raise SystemExit(f"{a} and {b} differ in labels or face size; they cannot be averaged")
+    if (first.labels, first.face_size, first.face_channels) != (second.labels, second.face_size, second.face_channels):
+        raise SystemExit(f"{a} and {b} differ in labels or face crops; they cannot be averaged")
     faces = fer_images(first, Path("../shared/data/fer2013"), "test")
     pa, pb = face_probabilities(first, faces.crops), face_probabilities(second, faces.crops)
     print(f"{len(faces.y)} PublicTest images, {faces.notes['duplicates_of_training_removed']} copies of training "
