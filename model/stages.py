@@ -144,6 +144,36 @@ def face_predict(classifier: FrameClassifier, crops: np.ndarray) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
+def teacher_probabilities(path: Path, crops: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The class probabilities that a face-stage checkpoint (its face CNN and linear head, mirror images
+    averaged) gives `crops`, (N, classes) float32, and its label set. The face CNN runs as the app's per-frame
+    encoder in ONNX Runtime (`frame_encoder_session`), the head in PyTorch."""
+    from .checkpoint import load_checkpoint
+
+    model, state = load_checkpoint(path)
+    extra = state.get("extra") or {}
+    if extra.get("stage") != "face" or "stage_module" not in extra:
+        raise ValueError(f"{path} is not a face-stage checkpoint (avtca-train --stage face writes one); a teacher "
+                         f"needs the face CNN's own head")
+    classifier = FrameClassifier(model)
+    classifier.load_state_dict(extra["stage_module"])
+    classifier.eval()
+    model.face_encoder.flip_average = True
+    session = frame_encoder_session(model)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(crops), EVAL_BATCH):
+            emb = torch.from_numpy(session.run(None, {"crops": crops[i:i + EVAL_BATCH]})[0])
+            out.append(F.softmax(classifier.head(emb).float(), dim=1).numpy())
+    classes = len(model.cfg.labels)
+    return (np.concatenate(out) if out else np.zeros((0, classes), np.float32)), tuple(model.cfg.labels)
+
+
+def distilled_targets(y: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) * one-hot label + weight * the teacher's probabilities."""
+    return ((1 - weight) * np.eye(teacher.shape[1], dtype=np.float32)[y] + weight * teacher).astype(np.float32)
+
+
 def frame_encoder_session(model: AVTCA) -> ort.InferenceSession:
     """The model's per-frame face CNN as the app runs it: avtca-export's per-frame encoder (uint8 crops ->
     embeddings) in ONNX Runtime on the CPU, with as many threads as torch uses. Here it encodes a crop in less

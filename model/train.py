@@ -118,8 +118,22 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
         soft = soft_targets(tr_y, found, cfg.labels, args.ferplus_weight)
         log(f"faces: FER+ votes for {sum(v is not None for v in found)} of {len(found)} training images, "
             f"soft targets with weight {args.ferplus_weight}")
+    teacher = {}
+    if args.teacher:
+        from .stages import distilled_targets, teacher_probabilities
+
+        started = time.monotonic()
+        probs, teacher_labels = teacher_probabilities(args.teacher, tr)
+        if teacher_labels != tuple(cfg.labels):
+            raise ValueError(f"the teacher {args.teacher} has the labels {', '.join(teacher_labels)}, this network "
+                             f"{', '.join(cfg.labels)}; a teacher must share the label set")
+        soft = distilled_targets(tr_y, probs, args.teacher_weight)
+        teacher = {"teacher": str(args.teacher), "teacher_weight": args.teacher_weight,
+                   "teacher_train_accuracy": float((probs.argmax(1) == tr_y).mean())}
+        log(f"faces: the teacher {args.teacher} agrees with {teacher['teacher_train_accuracy']:.1%} of the training "
+            f"labels; soft targets with weight {args.teacher_weight} ({(time.monotonic() - started) / 60:.1f} min)")
     info = {"faces": [f"{n}={r}" for n, r in sources], "face_train": len(tr), "face_val": int(unique.sum()),
-            "ferplus": str(args.ferplus) if args.ferplus else None,
+            "ferplus": str(args.ferplus) if args.ferplus else None, **teacher,
             "face_val_duplicates_removed": int((~unique).sum()),
             "face_skipped": report_skips("faces", dropped, tr_skip, va_skip),
             "face_label_mapping": mapping_table([it.label for it in items], cfg.labels)}
@@ -361,6 +375,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ferplus", type=Path, help="folder with fer2013new.csv and ferplus_to_fer2013_jpg.csv: "
                                                "FER+ votes as soft targets for the face stage")
     p.add_argument("--ferplus-weight", type=float, default=0.5, help="share of the FER+ distribution in the target")
+    p.add_argument("--teacher", type=Path,
+                   help="face stage: distil from this face-stage checkpoint; its probabilities for each training "
+                        "image (mirror images averaged) become soft targets beside the labels")
+    p.add_argument("--teacher-weight", type=float, default=0.5, help="share of the teacher's probabilities in the target")
     p.add_argument("--voice", action="append", metavar="DATASET=PATH", help="voice clips (repeatable)")
     p.add_argument("--av", action="append", metavar="DATASET=PATH", help="audio-video clips (repeatable)")
     p.add_argument("--split", default="live", help="named actor split: live, ravdess-reference")
@@ -419,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile and args.device == "cpu" and cpp_compiler() is None:
         print("avtca-train: --compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one "
               "(Debian: apt-get install g++) or leave out --compile", file=sys.stderr)
+        return 2
+    if args.teacher and (args.stage != "face" or args.ferplus):
+        print("avtca-train: --teacher gives soft targets to the face stage alone, and not beside --ferplus; use it "
+              "with --stage face and without --ferplus", file=sys.stderr)
         return 2
     try:
         train(args, argv)

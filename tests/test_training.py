@@ -375,6 +375,48 @@ def test_a_wrong_ferplus_folder_is_named_before_any_image_loads(tmp_path, capsys
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_a_teacher_face_cnn_gives_its_flip_averaged_probabilities_as_soft_targets(recipe, tmp_path, capsys):
+    from avtca.model.evaluate import Predictor, fer_images
+    from avtca.model.stages import FrameClassifier, distilled_targets, teacher_probabilities
+
+    teacher = recipe["face"] / "best.pt"
+    crops = fer_images(Predictor.checkpoint(teacher), recipe["fer"], "test").crops[:40]
+    probs, labels = teacher_probabilities(teacher, crops)
+    # What the checkpoint's own face CNN and head give in PyTorch, mirror images averaged.
+    model, state = load_checkpoint(teacher)
+    classifier = FrameClassifier(model)
+    classifier.load_state_dict(state["extra"]["stage_module"])
+    model.face_encoder.flip_average = True
+    with torch.no_grad():
+        expected = torch.softmax(classifier.eval()(torch.from_numpy(crops).permute(0, 3, 1, 2).float()), 1).numpy()
+    assert probs.shape == (40, 7) and labels == model.cfg.labels
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+
+    y = np.array([0, 3])
+    targets = distilled_targets(y, probs[:2], 0.25)
+    np.testing.assert_allclose(targets, 0.75 * np.eye(7)[y] + 0.25 * probs[:2], atol=1e-6)
+
+    out = tmp_path / "student"
+    assert train.main(["--stage", "face", "--faces", f"fer2013={recipe['fer']}", "--teacher", str(teacher),
+                       "--teacher-weight", "0.25", "--out", str(out), "--epochs", "1", "--max-items", "96",
+                       "--no-progress", "--threads", "2"]) == 0
+    assert re.search(rf"the teacher {re.escape(str(teacher))} agrees with \d+\.\d% of the training labels; soft "
+                     rf"targets with weight 0.25", capsys.readouterr().out)
+    record = load_checkpoint(out / "best.pt")[1]["training"]["stages"][-1]["data"]
+    assert record["teacher"] == str(teacher) and record["teacher_weight"] == 0.25
+    assert 0 <= record["teacher_train_accuracy"] <= 1
+
+    # Refused in one sentence: a checkpoint without a face head, or another stage.
+    assert train.main(["--stage", "face", "--faces", f"fer2013={recipe['fer']}", "--teacher",
+                       str(recipe["fusion"] / "best.pt"), "--out", str(tmp_path / "x"), "--max-items", "8",
+                       "--no-progress"]) == 1
+    assert "is not a face-stage checkpoint (avtca-train --stage face writes one)" in capsys.readouterr().err
+    assert train.main(["--stage", "voice", "--voice", f"ravdess={recipe['voices']}", "--teacher", str(teacher),
+                       "--out", str(tmp_path / "y")]) == 2
+    assert "--teacher gives soft targets to the face stage alone" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(train.cpp_compiler() is None,
                     reason="torch.compile on the CPU needs a C++ compiler (g++); none is on PATH")
 def test_compiled_training_takes_the_eager_step_and_saves_plain_weights(recipe, tmp_path, monkeypatch):
