@@ -17,7 +17,7 @@ from pathlib import Path
 from .capture import DeviceError, camera_names, list_microphones, open_source
 from .faces import FaceDetector, FaceDetectorError
 from .media import MediaError
-from .modelfile import ModelFileError, open_model, open_split, providers_for
+from .modelfile import ModelFileError, open_model, open_parts, providers_for
 from .paths import DEFAULT_MODEL, DEMO_CLIP
 from .pipeline import TICK_HZ, Engine
 from .runner import JsonlWriter, Runner
@@ -73,10 +73,10 @@ def build(args) -> tuple[Runner, object, object]:
         raise
     for note in getattr(source, "notes", []):
         say(note)
-    split, why_not = (None, "--full-model") if args.full_model else open_split(args.model, info, providers, args.threads)
-    if split is None and not args.full_model:
+    parts, why_not = (None, "--full-model") if args.full_model else open_parts(args.model, info, providers, args.threads)
+    if parts is None and not args.full_model:
         say(f"running the full model every tick ({why_not})")
-    engine = Engine(session, info, detector, smooth_seconds=args.smooth, split=split)
+    engine = Engine(session, info, detector, smooth_seconds=args.smooth, parts=parts)
     return Runner(source, engine, lambda r: None, tick_hz=args.tick_hz), info, provider
 
 
@@ -132,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop after this many seconds (headless)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1 keeps one core free)")
     p.add_argument("--full-model", action="store_true",
-                   help="run the whole model every tick, not the per-frame encoder + head pair beside it")
+                   help="run the whole model every tick, not its per-frame encoder, audio front end and head apart")
     p.add_argument("--list-devices", action="store_true", help="list cameras and microphones, then exit")
     return p
 

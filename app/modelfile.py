@@ -112,37 +112,42 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return open_model(path)[1]
 
 
-# The full model split in three (avtca-export writes them beside it): the per-frame face encoder, the audio
-# front end, and the head that takes both front ends' outputs.
-SPLIT_SUFFIXES = {"frames": ".frames.onnx", "audio": ".audio.onnx", "head": ".head.onnx"}
+# The full model is made of three parts, and each part's edges are named tensors of its graph: the per-frame
+# face encoder, the audio front end, and the head that takes both front ends' outputs. (inputs, outputs) by name.
+PARTS = {
+    "frames": (("crops",), ("embeddings",)),
+    "audio": (("audio",), ("audio_features",)),
+    "head": (("audio_features", "frame_embeddings", "presence"), (OUTPUT_NAME,)),
+}
 
+def open_parts(path: str | Path, info: ModelInfo, providers: list[str] | None = None, threads: int = 0):
+    """(frame encoder session, audio features session, head session) cut out of the model file at `path`, or
+    (None, reason) for a file that does not name its parts (then the app runs the full model on each tick).
 
-def open_split(path: str | Path, info: ModelInfo, providers: list[str] | None = None, threads: int = 0):
-    """(frame encoder session, audio features session, head session) exported beside the full model at `path`,
-    or (None, reason).
-
-    They are used only when all three exist and carry the same weights as the full model.
+    The parts are the full model's own nodes and weights between the tensors its metadata names (`PARTS`), so
+    running them in turn computes exactly what the full model computes.
     """
+    import onnx
+    import onnx.utils
     import onnxruntime as ort
 
-    path = Path(path)
-    stem = path.name[:-len(".onnx")] if path.name.endswith(".onnx") else path.name
-    sessions = {}
-    for part, suffix in SPLIT_SUFFIXES.items():
-        part_path = path.with_name(stem + suffix)
-        if not part_path.is_file():
-            return None, f"no {part_path.name} beside the model"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(str(part_path), options, providers=providers or ["CPUExecutionProvider"])
-            meta = _parse_metadata(part_path, session.get_modelmeta().custom_metadata_map)
-        except ModelFileError as e:
-            return None, str(e)
-        except Exception as e:  # a damaged part file: the full model still works
-            return None, f"{part_path.name} is not readable ({type(e).__name__})"
-        if meta.get("part") != part or meta["weights_sha256"] != info.metadata["weights_sha256"]:
-            return None, f"{part_path.name} does not belong to {path.name} (different weights)"
-        sessions[part] = session
-    return (sessions["frames"], sessions["audio"], sessions["head"]), None
+    named = info.metadata.get("parts")
+    if named is None:
+        return None, f"{Path(path).name} does not name its parts (exported before they were recorded)"
+    edges = {part: (tuple(named[part]["inputs"]), tuple(named[part]["outputs"])) if part in named else None
+             for part in PARTS}
+    if edges != PARTS:
+        return None, f"{Path(path).name} names parts this app does not know ({sorted(named)})"
+    try:
+        extractor = onnx.utils.Extractor(onnx.load(str(path)))
+        sessions = []
+        for inputs, outputs in PARTS.values():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.log_severity_level = 3
+            graph = extractor.extract_model(list(inputs), list(outputs))
+            sessions.append(ort.InferenceSession(graph.SerializeToString(), options,
+                                                 providers=providers or ["CPUExecutionProvider"]))
+    except Exception as e:  # a graph whose named edges do not cut it into parts: the full model still works
+        return None, f"its parts could not be cut out of {Path(path).name} ({type(e).__name__}: {e})"
+    return tuple(sessions), None

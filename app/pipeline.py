@@ -6,7 +6,7 @@
                         fused, voice-only and face-only in one batched ONNX Runtime call
 
 The T crops of a window are the frames nearest `clip_times`, on a fixed grid no finer than a tick, so once a
-run is a window old, a tick uses at most one crop that no earlier tick used. With the split model a crop is
+run is a window old, a tick uses at most one crop that no earlier tick used. With the model's parts a crop is
 encoded the first time a tick uses it: 8 crops a second for the live preset, whatever the camera's frame rate.
 Torch-free.
 """
@@ -112,11 +112,11 @@ class Engine:
     """Turns frames and audio into results; owns the face detector and the ONNX Runtime session."""
 
     def __init__(self, session, info: ModelInfo, detector: FaceDetector, smooth_seconds: float = 0.5,
-                 split: tuple | None = None):
+                 parts: tuple | None = None):
         self.session, self.info, self.detector = session, info, detector
-        # With the split model, a crop is encoded once, when a tick first uses it; a tick computes the audio
-        # features once and runs only the head on the batch of three.
-        self.frames_session, self.audio_session, self.head_session = split if split else (None, None, None)
+        # With the model's parts (`open_parts`), a crop is encoded once, when a tick first uses it; a tick computes
+        # the audio features once and runs only the head on the batch of three.
+        self.frames_session, self.audio_session, self.head_session = parts if parts else (None, None, None)
         self.labels = info.labels
         self.history: deque[SeenFrame] = deque()
         self.history_seconds = info.window_seconds + 1.0

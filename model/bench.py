@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..app.modelfile import open_parts, read_model_info
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
 from .card import cpu_name
 from .config import preset
-from .export import Head, example_inputs, export, split_paths
+from .export import Head, example_inputs, export
 from .network import AVTCA, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def bench_model(name: str, threads: int, runs: int, int8: bool, out: dict, log, 
     out[f"{name}.gflops"] = round(gflops(model), 3)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / f"{name}.onnx"
-        export(model, fp32, training=None, split=(name == "live"))
+        export(model, fp32, training=None)
         files = {"ort_fp32": fp32}
         if int8:
             files["ort_int8"] = Path(tmp) / f"{name}.int8.onnx"
@@ -137,8 +138,7 @@ def _ratios(out: dict, name: str, tag: str) -> None:
 def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log) -> None:
     """What the app pays: per tick the audio features once and the head on the batch of 3; per new face crop
     the encoder once."""
-    parts = split_paths(fp32)
-    frames, audio_features, head = (ort_session(parts[p], threads) for p in ("frames", "audio", "head"))
+    (frames, audio_features, head), _ = open_parts(fp32, read_model_info(fp32), threads=threads)
     audio, faces, presence = example_inputs(model, 3)
     with torch.no_grad():
         emb = model.encode_frames(faces).numpy()
@@ -166,11 +166,11 @@ def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log
 def bench_model_encoder(model_path: Path, threads: int, runs: int, out: dict, log) -> None:
     """The per-crop cost of the model the app runs (`--model`): its face encoder part, as exported (its own face CNN,
     with its flip averaging when it has it), on one crop of its input size."""
-    path = split_paths(model_path)["frames"]
-    if not path.is_file():
-        log(f"model per new face crop: skipped, {path} is not here")
+    parts, why_not = open_parts(model_path, read_model_info(model_path), threads=threads)
+    if parts is None:
+        log(f"model per new face crop: skipped, {why_not}")
         return
-    session = ort_session(path, threads)
+    session = parts[0]
     shape = [1, *session.get_inputs()[0].shape[1:]]
     crop = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     out["model.path"] = str(model_path)

@@ -160,6 +160,16 @@ def training_section(meta: dict, runs: Path | None) -> str:
     return "\n".join(lines)
 
 
+def reassembled(meta: dict) -> str:
+    """A sentence for a file joined from the part files of an earlier export, which wrote them beside it."""
+    joined = meta.get("composed_from_parts")
+    if not joined:
+        return ""
+    return (f" This file was joined from the three part files its export wrote beside it; on "
+            f"{joined['inputs']} check inputs it gives the probabilities of the single graph that export wrote, "
+            f"max |diff| {joined['max_abs_diff_vs_the_single_graph_export']:.1e}.")
+
+
 def face_cnn(config: dict) -> str:
     """One sentence on the per-frame face CNN, from the model's own config."""
     units = "fused (dense 3x3)" if config.get("video_fused") else "depthwise"
@@ -187,8 +197,8 @@ def render(model: Path, eval_dir: Path, runs: Path | None) -> str:
 ({', '.join(info.labels)}); {info.frames} grayscale {info.face_size}x{info.face_size} face crops and
 {info.window_seconds:g} s of {info.sample_rate_hz} Hz mono audio per prediction.
 {face_cnn(meta["config"])} Weights SHA-256
-`{meta['weights_sha256']}`. `avtca.frames.onnx`, `avtca.audio.onnx` and `avtca.head.onnx` beside it are the same weights
-split into the per-frame face encoder, the audio front end and the rest, for cheap live ticks.
+`{meta['weights_sha256']}`. The one file holds the network as three parts with named edges, the per-frame face
+encoder, the audio front end and the head; the app cuts them apart for cheap live ticks.{reassembled(meta)}
 
 ## Data and licences
 - Faces: FER2013 Training (28,709 48x48 grayscale images; research use only, no licence published by its

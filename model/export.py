@@ -1,8 +1,9 @@
 """avtca-export: a checkpoint -> one self-describing, verified ONNX file.
 
 The file holds the whole network, front end included, with a dynamic batch axis, opset 18 and all weights
-inline. Its metadata (key 'avtca', JSON) says what it needs and how it was made. After writing, the file is
-checked by onnx.checker and run in ONNX Runtime against PyTorch on the same inputs.
+inline. Its metadata (key 'avtca', JSON) says what it needs, how it was made, and which tensors bound the three
+parts the app runs apart (`compose`). After writing, the file is checked by onnx.checker and run in ONNX Runtime
+against PyTorch on the same inputs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, SPLIT_SUFFIXES, open_model
+from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, PARTS, open_model
 from .checkpoint import git_commit, load_checkpoint, weights_sha256
 from .config import PRESETS, preset
 from .network import AVTCA
@@ -105,6 +106,7 @@ def build_metadata(model: AVTCA, training: dict | None, evaluation: dict | None,
             "presence": "float32 [batch, 2]: " + MISSING_MODALITY,
         },
         "output": f"float32 [batch, {cfg.num_classes}]: class probabilities in label order",
+        "parts": {part: {"inputs": list(ins), "outputs": list(outs)} for part, (ins, outs) in PARTS.items()},
         "config": cfg.to_dict(),
         "trained": training is not None,
         "training": training,
@@ -192,53 +194,89 @@ def verify(model: AVTCA, path: Path, int8: bool) -> dict:
             "max_abs_diff": diff, "tolerance": FP32_TOLERANCE}
 
 
-def split_paths(out: Path) -> dict[str, Path]:
-    """Where the per-frame encoder, the audio front end and the head of `out` are written: beside it."""
-    stem = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
-    return {part: out.with_name(stem + suffix) for part, suffix in SPLIT_SUFFIXES.items()}
+def _renamed(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> tuple[list, list, list]:
+    """The nodes, initializers and value infos of `graph` with every name but those in `keep` prefixed."""
+    rename = lambda name: name if not name or name in keep else prefix + name  # noqa: E731
+    nodes, initializers, infos = [], [], []
+    for node in graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = prefix + node.name
+        copy.input[:] = [rename(n) for n in node.input]
+        copy.output[:] = [rename(n) for n in node.output]
+        nodes.append(copy)
+    for source, out in ((graph.initializer, initializers), (graph.value_info, infos)):
+        for item in source:
+            copy = type(item)()
+            copy.CopyFrom(item)
+            copy.name = rename(item.name)
+            out.append(copy)
+    return nodes, initializers, infos
 
 
-def export_split(model: AVTCA, out: Path, metadata: dict) -> dict:
-    """The per-frame face encoder, the audio front end and the head as three more files, checked together
-    against the full model.
+def compose(frames: onnx.ModelProto, audio: onnx.ModelProto, head: onnx.ModelProto, cfg) -> onnx.ModelProto:
+    """The full model as one graph made of the three parts: faces (B, T, H, W, C) are reshaped to crops (B*T, ...)
+    for the per-frame encoder, whose embeddings are reshaped to (B, T, embed) for the head; the audio part reads
+    the audio input. Each part's tensors keep their names at its edges (`PARTS`), so the app can cut the parts
+    back out of this one file (`extract_parts` in app/modelfile.py); everything inside a part is prefixed with
+    its name."""
+    from onnx import TensorProto, helper
 
-    The app encodes each face crop once, when a window first uses it; per tick it computes the audio features
-    once and runs the head on the batch of three (fused, voice only, face only). Exact: the face CNN sees each
-    frame on its own, and the three rows share one audio window.
+    edges = {name for ins, outs in PARTS.values() for name in (*ins, *outs)}
+    pieces = {name: _renamed(model.graph, f"{name}/", edges)
+              for name, model in (("frames", frames), ("audio", audio), ("head", head))}
+    crop_shape = helper.make_tensor("glue/crop_shape", TensorProto.INT64, [4],
+                                    [-1, cfg.face_size, cfg.face_size, cfg.face_channels])
+    any_width = helper.make_tensor("glue/any_width", TensorProto.INT64, [1], [-1])
+    to_crops = helper.make_node("Reshape", ["faces", "glue/crop_shape"], ["crops"], name="glue/crops")
+    to_clips = [helper.make_node("Shape", ["faces"], ["glue/batch_frames"], name="glue/batch_frames", start=0, end=2),
+                helper.make_node("Concat", ["glue/batch_frames", "glue/any_width"], ["glue/clip_shape"],
+                                 name="glue/clip_shape", axis=0),
+                helper.make_node("Reshape", ["embeddings", "glue/clip_shape"], ["frame_embeddings"],
+                                 name="glue/frame_embeddings")]
+    nodes = [to_crops, *pieces["frames"][0], *pieces["audio"][0], *to_clips, *pieces["head"][0]]
+    initializers = [crop_shape, any_width, *(i for p in pieces.values() for i in p[1])]
+    infos = [i for p in pieces.values() for i in p[2]]
+    # The parts' edges inside the graph, typed as the parts declare them, so that a part cut back out of the
+    # graph has typed inputs and outputs. The encoder's batch is every frame of every clip.
+    for edge in (*frames.graph.input, *frames.graph.output, *(i for i in head.graph.input if i.name != "presence")):
+        infos.append(onnx.ValueInfoProto())
+        infos[-1].CopyFrom(edge)
+        if edge.name in ("crops", "embeddings"):
+            infos[-1].type.tensor_type.shape.dim[0].dim_param = "crops"
+    inputs = [audio.graph.input[0], helper.make_tensor_value_info(
+        "faces", TensorProto.UINT8, ["batch", cfg.frames, cfg.face_size, cfg.face_size, cfg.face_channels]),
+        next(i for i in head.graph.input if i.name == "presence")]
+    graph = helper.make_graph(nodes, "avtca", inputs, list(head.graph.output), initializers, value_info=infos)
+    if {tuple(m.opset_import) == tuple(frames.opset_import) for m in (audio, head)} != {True}:
+        raise ExportCheckError("the three parts were exported with different opsets; they cannot form one graph")
+    return helper.make_model(graph, opset_imports=list(frames.opset_import), ir_version=frames.ir_version)
+
+
+def export_parts(model: AVTCA, directory: Path) -> onnx.ModelProto:
+    """The network as one graph of three parts, each exported from PyTorch on its own: the per-frame face encoder,
+    the audio front end and the head (`compose`).
+
+    The app runs the parts apart: it encodes each face crop once, when a window first uses it, and per tick
+    computes the audio features once and runs the head on the batch of three (fused, voice only, face only).
+    Exact: the face CNN sees each frame on its own, and the three rows share one audio window.
     """
-    import onnxruntime as ort
-
-    paths = split_paths(out)
     cfg = model.cfg
     audio, faces, presence = example_inputs(model, 3, CHECK_SEED + 3)
     crops = faces.reshape(-1, cfg.face_size, cfg.face_size, cfg.face_channels)
-    torch_to_onnx(FrameEncoder(inference_form(model)), paths["frames"], (crops[:4],), ("crops",), "embeddings")
-    torch_to_onnx(AudioFeatures(model), paths["audio"], (audio[:2],), ("audio",), "audio_features")
+    paths = {part: directory / f"{part}.onnx" for part in PARTS}
+    torch_to_onnx(FrameEncoder(inference_form(model)), paths["frames"], (crops[:4],), PARTS["frames"][0],
+                  PARTS["frames"][1][0])
+    torch_to_onnx(AudioFeatures(model), paths["audio"], (audio[:2],), PARTS["audio"][0], PARTS["audio"][1][0])
     with torch.no_grad():
         emb = model.encode_frames(faces)
         feats = model.audio_frontend(audio)
-    torch_to_onnx(Head(model), paths["head"], (feats[:2], emb[:2], presence[:2]),
-                  ("audio_features", "frame_embeddings", "presence"), OUTPUT_NAME)
-    for part, path in paths.items():
-        _write_metadata(path, {**metadata, "part": part, "full_model": out.name})
-        onnx.checker.check_model(str(path), full_check=True)
-    sessions = {part: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                for part, path in paths.items()}
-    got_emb = sessions["frames"].run(None, {"crops": crops.numpy()})[0].reshape(emb.shape)
-    got_feats = sessions["audio"].run(None, {"audio": audio.numpy()})[0]
-    got = sessions["head"].run(None, {"audio_features": got_feats, "frame_embeddings": got_emb,
-                                      "presence": presence.numpy()})[0]
-    with torch.no_grad():
-        expected = model(audio, faces, presence).numpy()
-    diff = float(np.abs(got - expected).max())
-    if not diff <= FP32_TOLERANCE:
-        raise ExportCheckError(f"{out}: the split encoder, audio features and head differ from the full model by "
-                               f"{diff:.2e} (tolerance {FP32_TOLERANCE:.0e})")
-    return {"files": [p.name for p in paths.values()], "max_abs_diff_vs_full": diff, "tolerance": FP32_TOLERANCE}
+    torch_to_onnx(Head(model), paths["head"], (feats[:2], emb[:2], presence[:2]), PARTS["head"][0], OUTPUT_NAME)
+    return compose(*(onnx.load(str(paths[part])) for part in ("frames", "audio", "head")), cfg)
 
 
 def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict | None = None,
-           int8: bool = False, split: bool = False) -> dict:
+           int8: bool = False) -> dict:
     """Write `model` to one verified ONNX file at `out`; returns the metadata written into it."""
     model = model.eval()
     out = Path(out)
@@ -246,7 +284,7 @@ def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict |
     metadata = build_metadata(model, training, evaluation, int8)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        torch_to_onnx(inference_form(model), fp32)
+        onnx.save(export_parts(model, Path(tmp)), str(fp32))
         _write_metadata(fp32, metadata)
         staged = fp32
         if int8:
@@ -259,8 +297,6 @@ def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict |
         metadata["verification"] = verify(model, staged, int8)
         _write_metadata(staged, metadata)
         out.write_bytes(staged.read_bytes())
-    if split:
-        metadata["split"] = export_split(model, out, metadata)
     return metadata
 
 
@@ -273,8 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of MatMul/Gemm weights")
     parser.add_argument("--eval-json", type=Path, help="avtca-eval JSON to record as the model's evaluation")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --init")
-    parser.add_argument("--no-split", action="store_true",
-                        help="skip the per-frame encoder, audio features and head files the app uses for cheap ticks")
     args = parser.parse_args(argv)
 
     evaluation = json.loads(args.eval_json.read_text()) if args.eval_json else None
@@ -286,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             model, state = load_checkpoint(args.checkpoint)
             training = state.get("training")
             evaluation = evaluation or state.get("evaluation")
-        meta = export(model, args.output, training=training, evaluation=evaluation, int8=args.int8,
-                      split=not (args.no_split or args.int8))
+        meta = export(model, args.output, training=training, evaluation=evaluation, int8=args.int8)
     except (FileNotFoundError, ValueError, ExportCheckError) as e:
         print(f"avtca-export: {e}", file=sys.stderr)
         return 1
@@ -295,9 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     figure = f"argmax agreement {v['agreement']:.1%}" if args.int8 else f"max |diff| {v['max_abs_diff']:.1e}"
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, preset {meta['preset']}, "
           f"{'trained' if meta['trained'] else 'UNTRAINED'}); ONNX Runtime vs PyTorch on {v['inputs']} inputs: {figure}")
-    if "split" in meta:
-        print(f"wrote {', '.join(meta['split']['files'])}: the three parts vs the full model, max |diff| "
-              f"{meta['split']['max_abs_diff_vs_full']:.1e}")
     return 0
 
 

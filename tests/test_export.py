@@ -100,6 +100,14 @@ def _edit_metadata(src: Path, dst: Path, **changes) -> None:
     onnx.save(proto, str(dst))
 
 
+def _drop_metadata_key(src: Path, dst: Path, key: str) -> None:
+    proto = onnx.load(str(src))
+    meta = json.loads(proto.metadata_props[0].value)
+    del meta[key]
+    proto.metadata_props[0].value = json.dumps(meta)
+    onnx.save(proto, str(dst))
+
+
 def test_bad_model_files_each_get_one_clear_error(live_onnx: Path, tmp_path: Path):
     missing = tmp_path / "missing.onnx"
     truncated = tmp_path / "truncated.onnx"
@@ -113,11 +121,7 @@ def test_bad_model_files_each_get_one_clear_error(live_onnx: Path, tmp_path: Pat
     wrong_labels = tmp_path / "wrong_labels.onnx"
     _edit_metadata(live_onnx, wrong_labels, labels=["happy", "sad"])
     no_labels = tmp_path / "no_labels.onnx"
-    proto = onnx.load(str(live_onnx))
-    meta = json.loads(proto.metadata_props[0].value)
-    del meta["labels"]
-    proto.metadata_props[0].value = json.dumps(meta)
-    onnx.save(proto, str(no_labels))
+    _drop_metadata_key(live_onnx, no_labels, "labels")
 
     cases = {
         missing: "does not exist",
@@ -136,40 +140,59 @@ def test_bad_model_files_each_get_one_clear_error(live_onnx: Path, tmp_path: Pat
         assert "\n" not in text
 
 
-def test_split_parts_reproduce_the_full_model_and_belong_to_it(tmp_path: Path):
-    from avtca.app.modelfile import open_split
-    from avtca.model.export import export
+def test_the_parts_cut_from_the_file_reproduce_the_full_model(live_onnx: Path, tmp_path: Path):
+    from avtca.app.modelfile import PARTS, open_parts
 
     model = fresh_live_model()
-    out = tmp_path / "live.onnx"
-    meta = export(model, out, training=None, split=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.audio.onnx", "live.frames.onnx", "live.head.onnx",
-                                                          "live.onnx"]
-    assert meta["split"]["max_abs_diff_vs_full"] <= FP32_TOLERANCE
-    info = read_model_info(out)
-    split, why_not = open_split(out, info)
+    info = read_model_info(live_onnx)
+    assert info.metadata["parts"] == {p: {"inputs": list(i), "outputs": list(o)} for p, (i, o) in PARTS.items()}
+    parts, why_not = open_parts(live_onnx, info)
     assert why_not is None
-    frames, audio_features, head = split
+    frames, audio_features, head = parts
     audio, faces, presence = example_inputs(model, 4, seed=7)
     cfg = model.cfg
-    emb = frames.run(None, {"crops": faces.reshape(-1, cfg.face_size, cfg.face_size, 1).numpy()})[0]
+    crops = faces.reshape(-1, cfg.face_size, cfg.face_size, 1).numpy()
+    emb = frames.run(None, {"crops": crops})[0]
+    assert emb.shape == (32, 512)
     feats = audio_features.run(None, {"audio": audio.numpy()})[0]
     assert feats.shape == (4, cfg.n_mels, 1 + (cfg.window_samples - cfg.n_fft) // cfg.hop_length)
     got = head.run(None, {"audio_features": feats, "frame_embeddings": emb.reshape(4, cfg.frames, -1),
                           "presence": presence.numpy()})[0]
+    full, _ = open_model(live_onnx)
+    whole = full.run(None, {"audio": audio.numpy(), "faces": faces.numpy(), "presence": presence.numpy()})[0]
+    assert np.array_equal(got, whole)  # the same nodes and weights, run in three steps
     with torch.no_grad():
-        expected = model(audio, faces, presence).numpy()
-    assert np.abs(got - expected).max() <= FP32_TOLERANCE
+        assert np.abs(got - model(audio, faces, presence).numpy()).max() <= FP32_TOLERANCE
+        assert np.abs(emb - model.encode_frames(faces).reshape(32, -1).numpy()).max() <= 1e-3
 
-    # A part from other weights is refused with a reason, and the app falls back to the full model.
-    torch.manual_seed(1)
-    other = tmp_path / "other" / "live.onnx"
-    export(AVTCA(preset("live")), other, training=None, split=True)
-    (tmp_path / "live.audio.onnx").write_bytes((other.parent / "live.audio.onnx").read_bytes())
-    split, why_not = open_split(out, info)
-    assert split is None and why_not == "live.audio.onnx does not belong to live.onnx (different weights)"
-    (tmp_path / "live.audio.onnx").unlink()
-    assert open_split(out, info) == (None, "no live.audio.onnx beside the model")
+    # A file that does not name its parts still runs, as the full model, and the app says why.
+    older = tmp_path / "older.onnx"
+    _drop_metadata_key(live_onnx, older, "parts")
+    assert open_parts(older, read_model_info(older)) == (
+        None, "older.onnx does not name its parts (exported before they were recorded)")
+    # Edges the graph does not have: refused with the reason, not a crash.
+    renamed = tmp_path / "renamed.onnx"
+    _edit_metadata(live_onnx, renamed, parts={**info.metadata["parts"],
+                                              "frames": {"inputs": ["pixels"], "outputs": ["embeddings"]}})
+    assert open_parts(renamed, read_model_info(renamed))[1].startswith("renamed.onnx names parts this app does not know")
+
+
+def test_an_int8_file_has_the_same_parts(tmp_path: Path):
+    from avtca.app.modelfile import open_parts
+    from avtca.model.export import export
+
+    model = fresh_live_model()
+    out = tmp_path / "live8.onnx"
+    export(model, out, training=None, int8=True)
+    (frames, audio_features, head), why_not = open_parts(out, read_model_info(out))
+    assert why_not is None
+    audio, faces, presence = example_inputs(model, 4, seed=8)
+    emb = frames.run(None, {"crops": faces.reshape(-1, 48, 48, 1).numpy()})[0].reshape(4, 8, -1)
+    feats = audio_features.run(None, {"audio": audio.numpy()})[0]
+    got = head.run(None, {"audio_features": feats, "frame_embeddings": emb, "presence": presence.numpy()})[0]
+    full, _ = open_model(out)
+    whole = full.run(None, {"audio": audio.numpy(), "faces": faces.numpy(), "presence": presence.numpy()})[0]
+    assert np.array_equal(got, whole)
 
 
 def test_int8_leaves_the_audio_front_end_in_float(live_onnx: Path):
@@ -183,15 +206,15 @@ def test_int8_leaves_the_audio_front_end_in_float(live_onnx: Path):
 
 
 def test_flip_average_is_in_the_exported_frame_encoder(tmp_path: Path):
-    from avtca.app.modelfile import open_split
+    from avtca.app.modelfile import open_parts
     from avtca.model.export import export
 
     torch.manual_seed(0)
     model = AVTCA(preset("live", face_flip_average=True)).eval()
     out = tmp_path / "live.onnx"
-    export(model, out, training=None, split=True)
+    export(model, out, training=None)
     info = read_model_info(out)
-    (frames, _, _), why_not = open_split(out, info)
+    (frames, _, _), why_not = open_parts(out, info)
     assert why_not is None
     crops = np.random.default_rng(3).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
     e = frames.run(None, {"crops": crops})[0]

@@ -110,15 +110,15 @@ def test_import_live_without_display_runs_headless(tmp_path):
     assert len(out.read_text().splitlines()) > 10
 
 
-def test_split_model_ticks_equal_the_full_model(tmp_path):
+def test_ticks_through_the_models_parts_equal_the_full_model(tmp_path):
     """The app's cheap ticks (crops encoded once, audio features once, the head on three rows) are exact."""
     clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
-    (tmp_path / "split").mkdir()
-    _, split = run_headless(tmp_path / "split", clip)
+    (tmp_path / "parts").mkdir()
+    _, parts = run_headless(tmp_path / "parts", clip)
     _, full = run_headless(tmp_path, clip, "--full-model")
-    assert len(split) == len(full) > 10
-    for a, b in zip(split, full):
-        assert "encode" in a["latency_ms"] and "encode" not in b["latency_ms"]  # the split parts were used
+    assert len(parts) == len(full) > 10
+    for a, b in zip(parts, full):
+        assert "encode" in a["latency_ms"] and "encode" not in b["latency_ms"]  # the parts were used
         assert (a["face_present"], a["voice_active"]) == (b["face_present"], b["voice_active"])
         for key in ("fused", "voice", "face"):
             if a[key] is not None:
@@ -157,7 +157,7 @@ def test_summary_counts_the_media_a_stopped_run_played(tmp_path, capsys):
         summary["cpu_seconds"] / summary["media_seconds"], rel=0.02)
 
 
-def test_split_model_encodes_only_the_crops_its_windows_use(tmp_path, capsys):
+def test_the_models_parts_encode_only_the_crops_its_windows_use(tmp_path, capsys):
     clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
     code, lines = run_headless(tmp_path, clip)
     assert code == 0 and all(r["face_present"] for r in lines)

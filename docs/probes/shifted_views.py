@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avtca.app.modelfile import open_split, read_model_info
+from avtca.app.modelfile import open_parts, read_model_info
 from avtca.model.evaluate import Predictor, fer_images
 from avtca.model.metrics import summarise
 
@@ -28,7 +28,7 @@ def shifted(crops: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def main() -> None:
     model = Path("exported/avtca.onnx")
-    parts, reason = open_split(model, read_model_info(model), threads=1)
+    parts, reason = open_parts(model, read_model_info(model), threads=1)
     if parts is None:
         raise SystemExit(f"shifted_views: {reason}")
     frames, _, head = parts
