@@ -1,7 +1,7 @@
 """Audio-video clips -> (audio, T face crops) with the app's own face detector and cropper, cached.
 
-Each clip is cut like evaluation and the app cut it: the centre window of the audio, and T face crops at the
-times `frame_times` gives for that window. A frame without a face borrows the nearest frame's crop; a clip
+Each clip is cut like the app cuts it: the centre window of the audio, and T face crops at the times
+`clip_times` gives for that window (the app's own choice: evenly spread, moved onto its 0.125-s grid). A frame without a face borrows the nearest frame's crop; a clip
 with no face at all is skipped and counted.
 """
 
@@ -11,9 +11,10 @@ from collections import Counter
 
 import numpy as np
 
-from ..app.audio import centre_window, frame_times
+from ..app.audio import centre_window
 from ..app.faces import FaceDetector, crop_face
 from ..app.media import MediaError, iter_video_frames, load_audio
+from ..app.pipeline import clip_times
 from .cache import _key, _save, cache_dir
 from .config import AVTCAConfig
 from .datasets import Item
@@ -22,7 +23,7 @@ from .datasets import Item
 def clip_faces(path, cfg: AVTCAConfig, detector: FaceDetector, duration: float) -> tuple[np.ndarray | None, int]:
     """(T, H, W, C) uint8 crops for the centre window of a video, and how many of the T frames had no face."""
     start = max(0.0, (duration - cfg.window_seconds) / 2)
-    wanted = frame_times(start + cfg.window_seconds, cfg.window_seconds, cfg.frames)
+    wanted = clip_times(start + cfg.window_seconds, cfg.window_seconds, cfg.frames)
     crops: list[np.ndarray | None] = [None] * cfg.frames
     nearest = [float("inf")] * cfg.frames
     frames: dict[int, np.ndarray] = {}
@@ -53,7 +54,7 @@ def clip_faces(path, cfg: AVTCAConfig, detector: FaceDetector, duration: float) 
 def load_av_clips(items: list[Item], cfg: AVTCAConfig) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, Counter]:
     """(centre audio windows, face crops (N, T, H, W, C), indices of items kept, skipped counts)."""
     path = cache_dir() / (_key("av", items, cfg.sample_rate_hz, cfg.window_seconds, cfg.frames, cfg.face_size,
-                                cfg.face_channels) + ".npz")
+                                cfg.face_channels, "clip_times") + ".npz")
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         skipped = Counter(dict(zip(z["skip_reasons"].tolist(), z["skip_counts"].tolist())))

@@ -261,3 +261,32 @@ def test_duplicates_of_training_images_are_scored_apart_and_with_the_rest(tmp_pa
     assert d["n"] == 4 and d["n_with_them"] == 7
     assert d["accuracy_on_them"] == pytest.approx(alone["accuracy"])
     assert d["accuracy_with_them"] == pytest.approx((3 * both["accuracy"] + 4 * d["accuracy_on_them"]) / 7)
+
+
+def test_an_av_clip_takes_the_frames_the_app_would_take():
+    """Training and `avtca-eval --av` cut a clip's face crops at the app's own crop times (`clip_times`: on the
+    0.125-s grid), from the frames nearest those times, with the app's cropper."""
+    from avtca.app.faces import FaceDetector, crop_face
+    from avtca.app.media import iter_video_frames
+    from avtca.app.pipeline import clip_times
+    from avtca.model.clips import clip_faces
+    from avtca.model.config import preset
+
+    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
+    cfg = preset("live")
+    duration = len(load_audio(clip, cfg.sample_rate_hz)) / cfg.sample_rate_hz
+    frames = list(iter_video_frames(clip))
+    times = np.array([t for t, _ in frames])
+    start = max(0.0, (duration - cfg.window_seconds) / 2)
+    wanted = clip_times(start + cfg.window_seconds, cfg.window_seconds, cfg.frames)
+    assert np.allclose(np.array(wanted) / 0.125, np.round(np.array(wanted) / 0.125))
+    with FaceDetector(video_mode=False) as detector:
+        crops, missing = clip_faces(clip, cfg, detector, duration)
+        assert missing == 0 and crops.shape == (cfg.frames, cfg.face_size, cfg.face_size, cfg.face_channels)
+        for crop, t in zip(crops, wanted):
+            nearest = int(np.argmin(np.abs(times - t)))
+            if t <= times[-1]:  # within the video: the frame nearest the time, about half a frame away at most
+                assert abs(times[nearest] - t) <= np.median(np.diff(times)) / 2 + 0.001  # FLV times are whole ms
+            rgb = frames[nearest][1]
+            expected = crop_face(rgb, detector.detect(rgb)[0], cfg.face_size, cfg.face_channels)
+            assert np.array_equal(crop, expected)
