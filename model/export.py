@@ -218,10 +218,12 @@ def compose(frames: onnx.ModelProto, audio: onnx.ModelProto, head: onnx.ModelPro
     """The full model as one graph made of the three parts: faces (B, T, H, W, C) are reshaped to crops (B*T, ...)
     for the per-frame encoder, whose embeddings are reshaped to (B, T, embed) for the head; the audio part reads
     the audio input. Each part's tensors keep their names at its edges (`PARTS`), so the app can cut the parts
-    back out of this one file (`extract_parts` in app/modelfile.py); everything inside a part is prefixed with
+    back out of this one file (`open_parts` in app/modelfile.py); everything inside a part is prefixed with
     its name."""
     from onnx import TensorProto, helper
 
+    if any(list(m.opset_import) != list(frames.opset_import) for m in (audio, head)):
+        raise ExportCheckError("the three parts were exported with different opsets; they cannot form one graph")
     edges = {name for ins, outs in PARTS.values() for name in (*ins, *outs)}
     pieces = {name: _renamed(model.graph, f"{name}/", edges)
               for name, model in (("frames", frames), ("audio", audio), ("head", head))}
@@ -248,8 +250,6 @@ def compose(frames: onnx.ModelProto, audio: onnx.ModelProto, head: onnx.ModelPro
         "faces", TensorProto.UINT8, ["batch", cfg.frames, cfg.face_size, cfg.face_size, cfg.face_channels]),
         next(i for i in head.graph.input if i.name == "presence")]
     graph = helper.make_graph(nodes, "avtca", inputs, list(head.graph.output), initializers, value_info=infos)
-    if {tuple(m.opset_import) == tuple(frames.opset_import) for m in (audio, head)} != {True}:
-        raise ExportCheckError("the three parts were exported with different opsets; they cannot form one graph")
     return helper.make_model(graph, opset_imports=list(frames.opset_import), ir_version=frames.ir_version)
 
 
