@@ -120,6 +120,7 @@ PARTS = {
     "head": (("audio_features", "frame_embeddings", "presence"), (OUTPUT_NAME,)),
 }
 
+
 def open_parts(path: str | Path, info: ModelInfo, providers: list[str] | None = None, threads: int = 0):
     """(frame encoder session, audio features session, head session) cut out of the model file at `path`, or
     (None, reason) for a file that does not name its parts (then the app runs the full model on each tick).
@@ -134,10 +135,13 @@ def open_parts(path: str | Path, info: ModelInfo, providers: list[str] | None = 
     named = info.metadata.get("parts")
     if named is None:
         return None, f"{Path(path).name} does not name its parts (exported before they were recorded)"
-    edges = {part: (tuple(named[part]["inputs"]), tuple(named[part]["outputs"])) if part in named else None
-             for part in PARTS}
+    try:
+        edges = {part: (tuple(edge["inputs"]), tuple(edge["outputs"])) for part, edge in named.items()}
+    except (AttributeError, KeyError, TypeError):
+        edges = None
     if edges != PARTS:
-        return None, f"{Path(path).name} names parts this app does not know ({sorted(named)})"
+        return None, (f"{Path(path).name} names other parts or edges than this app cuts; re-export it with this "
+                      f"version's avtca-export")
     try:
         extractor = onnx.utils.Extractor(onnx.load(str(path)))
         sessions = []

@@ -138,7 +138,10 @@ def _ratios(out: dict, name: str, tag: str) -> None:
 def bench_tick(model: AVTCA, fp32: Path, threads: int, runs: int, out: dict, log) -> None:
     """What the app pays: per tick the audio features once and the head on the batch of 3; per new face crop
     the encoder once."""
-    (frames, audio_features, head), _ = open_parts(fp32, read_model_info(fp32), threads=threads)
+    parts, why_not = open_parts(fp32, read_model_info(fp32), threads=threads)
+    if parts is None:
+        raise RuntimeError(f"the live preset's export has no parts to time: {why_not}")
+    frames, audio_features, head = parts
     audio, faces, presence = example_inputs(model, 3)
     with torch.no_grad():
         emb = model.encode_frames(faces).numpy()

@@ -1,8 +1,8 @@
 """Audio-video clips -> (audio, T face crops) with the app's own face detector and cropper, cached.
 
 Each clip is cut like the app cuts it: the centre window of the audio, and T face crops at the times
-`clip_times` gives for that window (the app's own choice: evenly spread, moved onto its 0.125-s grid). A frame without a face borrows the nearest frame's crop; a clip
-with no face at all is skipped and counted.
+`clip_times` gives for that window (the app's own choice: evenly spread, moved onto its 0.125-s grid). A frame
+without a face borrows the nearest frame's crop; a clip with no face at all is skipped and counted.
 """
 
 from __future__ import annotations

@@ -155,6 +155,10 @@ def teacher_probabilities(path: Path, crops: np.ndarray) -> tuple[np.ndarray, tu
     if extra.get("stage") != "face" or "stage_module" not in extra:
         raise ValueError(f"{path} is not a face-stage checkpoint (avtca-train --stage face writes one); a teacher "
                          f"needs the face CNN's own head")
+    cfg = model.cfg
+    if tuple(crops.shape[1:]) != (cfg.face_size, cfg.face_size, cfg.face_channels):
+        raise ValueError(f"the teacher {path} reads {cfg.face_size}x{cfg.face_size}x{cfg.face_channels} face crops, "
+                         f"this network {'x'.join(map(str, crops.shape[1:]))}; a teacher must read the same crops")
     classifier = FrameClassifier(model)
     classifier.load_state_dict(extra["stage_module"])
     classifier.eval()
@@ -165,8 +169,7 @@ def teacher_probabilities(path: Path, crops: np.ndarray) -> tuple[np.ndarray, tu
         for i in range(0, len(crops), EVAL_BATCH):
             emb = torch.from_numpy(session.run(None, {"crops": crops[i:i + EVAL_BATCH]})[0])
             out.append(F.softmax(classifier.head(emb).float(), dim=1).numpy())
-    classes = len(model.cfg.labels)
-    return (np.concatenate(out) if out else np.zeros((0, classes), np.float32)), tuple(model.cfg.labels)
+    return (np.concatenate(out) if out else np.zeros((0, cfg.num_classes), np.float32)), tuple(cfg.labels)
 
 
 def distilled_targets(y: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:

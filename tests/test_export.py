@@ -174,7 +174,22 @@ def test_the_parts_cut_from_the_file_reproduce_the_full_model(live_onnx: Path, t
     renamed = tmp_path / "renamed.onnx"
     _edit_metadata(live_onnx, renamed, parts={**info.metadata["parts"],
                                               "frames": {"inputs": ["pixels"], "outputs": ["embeddings"]}})
-    assert open_parts(renamed, read_model_info(renamed))[1].startswith("renamed.onnx names parts this app does not know")
+    other_edges = (None, "renamed.onnx names other parts or edges than this app cuts; re-export it with this "
+                         "version's avtca-export")
+    assert open_parts(renamed, read_model_info(renamed)) == other_edges
+    _edit_metadata(live_onnx, renamed, parts=["frames", "audio", "head"])  # malformed: a list, not edges
+    assert open_parts(renamed, read_model_info(renamed)) == other_edges
+    # The metadata names the edges, but the graph has none called so: the reason, and the full model still runs.
+    proto = onnx.load(str(live_onnx))
+    for node in proto.graph.node:
+        node.input[:] = ["pixels" if n == "crops" else n for n in node.input]
+        node.output[:] = ["pixels" if n == "crops" else n for n in node.output]
+    for info_proto in proto.graph.value_info:
+        if info_proto.name == "crops":
+            info_proto.name = "pixels"
+    onnx.save(proto, str(renamed))
+    parts, why_not = open_parts(renamed, read_model_info(renamed))
+    assert parts is None and why_not.startswith("its parts could not be cut out of renamed.onnx (")
 
 
 def test_an_int8_file_has_the_same_parts(tmp_path: Path):

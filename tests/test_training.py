@@ -393,6 +393,10 @@ def test_a_teacher_face_cnn_gives_its_flip_averaged_probabilities_as_soft_target
     np.testing.assert_allclose(probs, expected, atol=1e-4)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
 
+    with pytest.raises(ValueError, match="reads 48x48x1 face crops, this network 40x40x1; a teacher must read the "
+                                         "same crops"):
+        teacher_probabilities(teacher, np.ascontiguousarray(crops[:, :40, :40]))
+
     y = np.array([0, 3])
     targets = distilled_targets(y, probs[:2], 0.25)
     np.testing.assert_allclose(targets, 0.75 * np.eye(7)[y] + 0.25 * probs[:2], atol=1e-6)
