@@ -85,6 +85,17 @@ def _check_io(path: Path, session, info: ModelInfo) -> None:
         raise ModelFileError(f"model file {path} outputs {shapes}, but its metadata names {len(info.labels)} labels")
 
 
+def session_options(threads: int = 0):
+    """ONNX Runtime session options for the app: `threads` intra-op threads (0: ONNX Runtime's default), errors
+    only in the log."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
+
+
 def open_model(path: str | Path, providers: list[str] | None = None, threads: int = 0):
     """(onnxruntime.InferenceSession, ModelInfo) for a validated avtca model; ModelFileError otherwise."""
     import onnxruntime as ort
@@ -92,11 +103,9 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; pass --model PATH or export one with avtca-export")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(threads),
+                                       providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"model file {path} is not a readable ONNX model (truncated or corrupt?): {reason}; "
@@ -146,11 +155,8 @@ def open_parts(path: str | Path, info: ModelInfo, providers: list[str] | None = 
         extractor = onnx.utils.Extractor(onnx.load(str(path)))
         sessions = []
         for inputs, outputs in PARTS.values():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.log_severity_level = 3
             graph = extractor.extract_model(list(inputs), list(outputs))
-            sessions.append(ort.InferenceSession(graph.SerializeToString(), options,
+            sessions.append(ort.InferenceSession(graph.SerializeToString(), session_options(threads),
                                                  providers=providers or ["CPUExecutionProvider"]))
     except Exception as e:  # a graph whose named edges do not cut it into parts: the full model still works
         return None, f"its parts could not be cut out of {Path(path).name} ({type(e).__name__}: {e})"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..app.modelfile import open_parts, read_model_info
+from ..app.modelfile import open_parts, read_model_info, session_options
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
 from .card import cpu_name
 from .config import preset
@@ -76,10 +76,7 @@ def gflops(model: AVTCA, batch: int = 1) -> float:
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def bench_model(name: str, threads: int, runs: int, int8: bool, out: dict, log, all_cores: int = 0) -> None:

@@ -147,7 +147,7 @@ def face_predict(classifier: FrameClassifier, crops: np.ndarray) -> np.ndarray:
 def teacher_probabilities(path: Path, crops: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     """The class probabilities that a face-stage checkpoint (its face CNN and linear head, mirror images
     averaged) gives `crops`, (N, classes) float32, and its label set. The face CNN runs as the app's per-frame
-    encoder in ONNX Runtime (`frame_encoder_session`), the head in PyTorch."""
+    encoder in ONNX Runtime (`frame_embeddings`), the head in PyTorch."""
     from .checkpoint import load_checkpoint
 
     model, state = load_checkpoint(path)
@@ -163,13 +163,9 @@ def teacher_probabilities(path: Path, crops: np.ndarray) -> tuple[np.ndarray, tu
     classifier.load_state_dict(extra["stage_module"])
     classifier.eval()
     model.face_encoder.flip_average = True
-    session = frame_encoder_session(model)
-    out = []
+    emb = torch.from_numpy(frame_embeddings(model, crops, 1, 0, np.float32)[:, 0])  # view 0: the crops as they are
     with torch.no_grad():
-        for i in range(0, len(crops), EVAL_BATCH):
-            emb = torch.from_numpy(session.run(None, {"crops": crops[i:i + EVAL_BATCH]})[0])
-            out.append(F.softmax(classifier.head(emb).float(), dim=1).numpy())
-    return (np.concatenate(out) if out else np.zeros((0, cfg.num_classes), np.float32)), tuple(cfg.labels)
+        return F.softmax(classifier.head(emb), dim=1).numpy(), tuple(cfg.labels)
 
 
 def distilled_targets(y: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
@@ -205,10 +201,11 @@ def augmented_views(crops: np.ndarray, views: int, seed: int) -> Iterator[tuple[
             yield slice(i, i + len(pixels)), v, x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def frame_embeddings(model: AVTCA, crops: np.ndarray, views: int, seed: int) -> np.ndarray:
-    """(N, views, embed) float16 embeddings of the `augmented_views` of each crop, by `frame_encoder_session`."""
+def frame_embeddings(model: AVTCA, crops: np.ndarray, views: int, seed: int, dtype=np.float16) -> np.ndarray:
+    """(N, views, embed) embeddings of the `augmented_views` of each crop, by `frame_encoder_session`, stored as
+    `dtype` (float16 keeps the fusion stage's many views small)."""
     session = frame_encoder_session(model)
-    out = np.zeros((len(crops), views, model.face_encoder.out_features), np.float16)
+    out = np.zeros((len(crops), views, model.face_encoder.out_features), dtype)
     for rows, v, view in augmented_views(crops, views, seed):
         out[rows, v] = session.run(None, {"crops": np.ascontiguousarray(view)})[0]
     return out
