@@ -53,11 +53,12 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, fused: bool = False):
         super().__init__()
-        if stride == 1 and c_in != c_out:
-            raise ValueError("a stride-1 unit keeps its width")
+        # A unit that keeps size and width splits its input and works on one half; any other works on all of it
+        # in two branches.
         self.stride = stride
+        self.split = stride == 1 and c_in == c_out
         half = c_out // 2
-        if stride > 1:
+        if not self.split:
             self.branch1 = (conv_bn(c_in, half, 3, stride) if fused else
                             nn.Sequential(conv_bn(c_in, c_in, 3, stride, groups=c_in, relu=False),
                                           conv_bn(c_in, half, 1)))
@@ -75,7 +76,7 @@ class InvertedResidual(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1:
+        if self.split:
             keep, x2 = x.chunk(2, dim=1)
             out = torch.cat((keep, self.branch2(x2)), dim=1)
         else:
@@ -83,9 +84,10 @@ class InvertedResidual(nn.Module):
         return channel_shuffle(out, 2)
 
 
-def inverted_residual_stage(c_in: int, c_out: int, repeats: int, fused: bool = False) -> nn.Sequential:
-    """One stride-2 unit, then repeats - 1 stride-1 units."""
-    return nn.Sequential(InvertedResidual(c_in, c_out, 2, fused),
+def inverted_residual_stage(c_in: int, c_out: int, repeats: int, fused: bool = False,
+                            stride: int = 2) -> nn.Sequential:
+    """One unit of `stride` that widens c_in to c_out, then repeats - 1 stride-1 units."""
+    return nn.Sequential(InvertedResidual(c_in, c_out, stride, fused),
                          *(InvertedResidual(c_out, c_out, 1, fused) for _ in range(repeats - 1)))
 
 

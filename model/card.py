@@ -175,8 +175,11 @@ def face_cnn(config: dict) -> str:
     units = "fused (dense 3x3)" if config.get("video_fused") else "depthwise"
     flip = (" Each frame's embedding is the mean of the crop's and its mirror image's."
             if config.get("face_flip_average") else "")
-    side = config["face_size"] // (config["stem_stride"] * config["stem_pool_stride"])
-    stages = ", ".join(str(side // 2 ** k) for k in (1, 2, 3))
+    side = config["face_size"] // (config["stem_stride"] * config["stem_pool_stride"]) // 2
+    sides = [side]
+    for stride in config.get("video_strides", (2, 2)):
+        sides.append(sides[-1] // stride)
+    stages = ", ".join(map(str, sides))
     return (f"Per-frame face CNN: widths {', '.join(map(str, config['video_widths']))}, {units} inverted residual "
             f"units, stages at {stages} pixels a side.{flip}")
 

@@ -51,6 +51,9 @@ class AVTCAConfig:
     # At inference, each frame's embedding is the mean of the embeddings of the crop and its mirror image
     # (the face stage trains with random flips); twice the per-frame cost, nothing in training.
     face_flip_average: bool = False
+    # Strides of the first units of stages 3 and 4 (1 keeps that stage at the resolution before it). Stage 2
+    # always halves, as the local feature extractor's output, added to it, does.
+    video_strides: tuple[int, int] = (2, 2)
     dropout: float = 0.1
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -61,6 +64,8 @@ class AVTCAConfig:
             raise ValueError(f"it_heads={self.it_heads} must divide both stage-1 widths")
         if self.audio_channels[3] % self.ct_heads or self.temporal_channels[1] % self.ct_heads:
             raise ValueError(f"ct_heads={self.ct_heads} must divide both stage-2 widths")
+        if len(self.video_strides) != 2 or not set(self.video_strides) <= {1, 2}:
+            raise ValueError(f"video_strides must be two strides of 1 or 2 (stages 3 and 4), not {self.video_strides}")
         if self.face_channels not in (1, 3):
             raise ValueError(f"face_channels must be 1 or 3, not {self.face_channels}")
 

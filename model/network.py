@@ -42,8 +42,8 @@ class FaceEncoder(nn.Module):
         self.local = LocalFeatureExtractor(w[0], w[1])
         self.stage2 = inverted_residual_stage(w[0], w[1], r[0], cfg.video_fused)
         self.modulator = Modulator(w[1])
-        self.stage3 = inverted_residual_stage(w[1], w[2], r[1], cfg.video_fused)
-        self.stage4 = inverted_residual_stage(w[2], w[3], r[2], cfg.video_fused)
+        self.stage3 = inverted_residual_stage(w[1], w[2], r[1], cfg.video_fused, cfg.video_strides[0])
+        self.stage4 = inverted_residual_stage(w[2], w[3], r[2], cfg.video_fused, cfg.video_strides[1])
         self.conv5 = conv_bn(w[3], w[4], 1)
         self.out_features = w[4]
         self.flip_average = cfg.face_flip_average
@@ -58,7 +58,7 @@ class FaceEncoder(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (N, w0, H/s, W/s)
         x = self.modulator(self.stage2(x)) + self.local(x)  # (N, w1, H/2s, W/2s)
-        x = self.stage4(self.stage3(x))  # (N, w3, H/8s, W/8s)
+        x = self.stage4(self.stage3(x))  # (N, w3, H/8s, W/8s) with both video_strides 2
         return self.conv5(x).mean(dim=(2, 3))  # (N, w4)
 
 

@@ -234,8 +234,8 @@ class PiecedStage(nn.Module):
         units = list(stage)
         n, half = len(units), c_out // 2
         half_w = padded(half)
-        if units[0].stride == 1 or any(u.stride != 1 for u in units[1:]):
-            raise ValueError("a stage is one stride-2 unit followed by stride-1 units")
+        if units[0].split or not all(u.split for u in units[1:]):
+            raise ValueError("a stage is one widening or stride-2 unit followed by units that split their input")
         if any(len(u.branch2) != 3 for u in units):
             raise ValueError("only depthwise units are pieced (see packs())")
         reader, branch_input, cur = channel_routes(c_out, n)

@@ -206,7 +206,7 @@ def clip_data(args, cfg) -> tuple[ClipData, dict]:
 
 # Config fields that shape the per-frame face CNN: two checkpoints agreeing on these hold interchangeable ones.
 FACE_CNN_FIELDS = ("face_size", "face_channels", "video_widths", "video_repeats", "stem_stride", "stem_pool_stride",
-                   "video_fused")
+                   "video_strides", "video_fused")
 
 
 def take_face_cnn(model: AVTCA, earlier: dict, path: Path) -> tuple[AVTCA, dict]:

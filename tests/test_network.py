@@ -94,6 +94,26 @@ def test_shapes_through_every_block(name, batch):
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(batch))
 
 
+@pytest.mark.parametrize("strides", [(2, 1), (1, 1)])
+def test_video_strides_keep_stages_3_and_4_at_the_resolution_before_them(strides):
+    cfg = preset("live", video_strides=strides)
+    model = AVTCA(cfg).eval()
+    audio, faces, presence = inputs(cfg, 1)
+    side = cfg.face_size // (cfg.stem_stride * cfg.stem_pool_stride) // 2
+    enc = model.face_encoder
+    with torch.no_grad():
+        stage3 = enc.stage3(enc.stage2(enc.stem(model.face_frontend(faces))))
+        stage4 = enc.stage4(stage3)
+        probs = model(audio, faces, presence)
+    assert stage3.shape[2:] == (side // strides[0],) * 2
+    assert stage4.shape[2:] == (side // strides[0] // strides[1],) * 2
+    # same weights as the preset's CNN: only the strides differ, so its checkpoints fit either
+    assert [p.shape for p in model.parameters()] == [p.shape for p in AVTCA(preset("live")).parameters()]
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1))
+    with pytest.raises(ValueError, match="video_strides must be two strides of 1 or 2"):
+        preset("live", video_strides=(2, 3))
+
+
 def test_presets_match_the_issue():
     paper, live = preset("paper"), preset("live")
     assert (paper.frames, paper.face_size, paper.face_channels) == (15, 224, 3)

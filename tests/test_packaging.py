@@ -129,6 +129,7 @@ def test_model_card_names_the_face_cnn_stage_resolutions():
     sharper = face_cnn(asdict(replace(live, stem_pool_stride=1, face_flip_average=True)))
     assert "widths 32, 128, 256, 512, 512, fused (dense 3x3)" in sharper
     assert "stages at 24, 12, 6 pixels a side. Each frame's embedding is the mean" in sharper
+    assert "stages at 12, 6, 6 pixels a side." in face_cnn(asdict(replace(live, video_strides=(2, 1))))
 
 
 def test_model_card_names_the_face_args_a_face_command_used():

@@ -49,9 +49,9 @@ def test_shuffle_source_is_channel_shuffle():
     assert torch.equal(channel_shuffle(x, 2).flatten(), x.flatten()[torch.as_tensor(shuffle_source(58))])
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_packed_paper_face_cnn_computes_the_same_embeddings(flip: bool):
-    model = model_with_statistics("paper", face_flip_average=flip)
+@pytest.mark.parametrize("flip,strides", [(False, (2, 2)), (True, (2, 2)), (False, (1, 2))])
+def test_packed_paper_face_cnn_computes_the_same_embeddings(flip: bool, strides: tuple[int, int]):
+    model = model_with_statistics("paper", face_flip_average=flip, video_strides=strides)
     packed = inference_form(model)
     assert packed is not model and isinstance(packed.face_encoder, PackedFaceEncoder)
     faces = crops(model.cfg, 3, seed=7)

@@ -342,13 +342,15 @@ def test_face_from_puts_another_face_cnn_into_the_init_checkpoint(recipe, tmp_pa
     assert train.build_model(args)[1]["stages"] == voice_state["training"]["stages"]
 
     # A narrower face CNN with the same embedding width: the model takes its shape, the rest stays the voice's.
-    narrow = AVTCA(preset("live", video_widths=(16, 64, 128, 256, 512), video_repeats=(2, 3, 2)))
+    narrow = AVTCA(preset("live", video_widths=(16, 64, 128, 256, 512), video_repeats=(2, 3, 2),
+                          video_strides=(2, 1)))
     save_checkpoint(tmp_path / "narrow.pt", narrow, training=None)
     args.face_from = tmp_path / "narrow.pt"
     model, _ = train.build_model(args)
     assert model.cfg.video_widths == (16, 64, 128, 256, 512) and model.cfg.video_repeats == (2, 3, 2)
-    assert model.cfg.replace(video_widths=voice_model.cfg.video_widths,
-                             video_repeats=voice_model.cfg.video_repeats) == voice_model.cfg
+    assert model.cfg.video_strides == (2, 1)
+    assert model.cfg.replace(video_widths=voice_model.cfg.video_widths, video_repeats=voice_model.cfg.video_repeats,
+                             video_strides=voice_model.cfg.video_strides) == voice_model.cfg
     for name, tensor in model.state_dict().items():
         source = narrow if name.startswith("face_encoder.") else voice_model
         assert torch.equal(tensor, source.state_dict()[name]), name
