@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..app.audio import centre_window
+from ..app.modelfile import session_options
 from .augment import augment_audio, augment_faces, random_window
 from .cache import atomic_save, cache_dir
 from .checkpoint import weights_sha256
@@ -179,15 +180,14 @@ def frame_encoder_session(model: AVTCA) -> ort.InferenceSession:
     than half the time PyTorch eager takes (docs/probes/embedding_pass.py)."""
     cfg = model.cfg
     example = torch.zeros(2, cfg.face_size, cfg.face_size, cfg.face_channels, dtype=torch.uint8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
     training = model.training
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "frames.onnx"
         torch_to_onnx(FrameEncoder(inference_form(model.eval())), path, (example,), ("crops",), "embeddings")
         model.train(training)
         model.face_encoder.eval()  # frozen from here on
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(torch.get_num_threads()),
+                                    providers=["CPUExecutionProvider"])
 
 
 def augmented_views(crops: np.ndarray, views: int, seed: int) -> Iterator[tuple[slice, int, np.ndarray]]:
