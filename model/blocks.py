@@ -55,7 +55,6 @@ class InvertedResidual(nn.Module):
         super().__init__()
         # A unit that keeps size and width splits its input and works on one half; any other works on all of it
         # in two branches.
-        self.stride = stride
         self.split = stride == 1 and c_in == c_out
         half = c_out // 2
         if not self.split:
