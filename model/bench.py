@@ -245,8 +245,9 @@ def bench_face_training(steps: int, out: dict, log) -> None:
     as `avtca-train --stage face` runs it), fp32 and bf16 autocast, for the live preset's fused inverted residual
     units and for the same widths with depthwise units (the paper's kind)."""
     from .stages import FACE_BATCH, FrameClassifier
+    from .trainer import native_bf16
 
-    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = native_bf16("cpu")
     for variant, fused in (("live", True), ("live_depthwise", False)):
         torch.manual_seed(0)
         module = FrameClassifier(AVTCA(preset("live", video_fused=fused))).to(memory_format=torch.channels_last)

@@ -88,6 +88,16 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
+def machine(device: str = "cpu") -> str:
+    """What a stage trained on, for its record: the GPU's name, or the CPU's with its cores and the vector
+    instructions PyTorch uses there (AVX2, AVX512; bf16 trains fast only with AVX512 or AMX)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def option_value(command: str, option: str) -> str | None:
     """The value a recorded command gave `option` (`--out DIR` or `--out=DIR`); the last one, as argparse takes it."""
     words, value = command.split(), None
@@ -147,11 +157,13 @@ def training_section(meta: dict, runs: Path | None) -> str:
             else:
                 total += sum(times)
                 typical += times[0] * len(times)
+            ran = f", {stage['precision']} on {stage['machine']}" if "machine" in stage else ""
             lines.append(f"- {stage['stage']} stage{' (GPU)' if on_device else ''}: {len(times)} epochs, "
                          f"{sum(times) / 60:.1f} min of epoch time (fastest epoch {times[0]:.0f} s), best validation "
-                         f"epoch {stage.get('best_epoch')}")
+                         f"epoch {stage.get('best_epoch')}{ran}")
     if total:
-        lines.append(f"- Training time on this machine ({cpu_name()}, {os.cpu_count()} cores, CPU only; sum of epoch "
+        cpus = sorted({s["machine"] for s, g in zip(stages, gpu) if not g and "machine" in s})
+        lines.append(f"- Training time on the CPU ({'; '.join(cpus) or 'which CPU was not recorded'}; sum of epoch "
                      f"times as they ran, slowed by any other work on the machine then; data decoding and caching not "
                      f"included): {total / 60:.0f} min; every epoch as fast as the fastest: {typical / 60:.0f} min")
     if gpu_total:

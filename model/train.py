@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .cache import cache_dir, copies_of, load_audio_clips, load_face_images
+from .card import machine
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
 from .config import PRESETS, parse_overrides, preset
 from .datasets import Item, ferplus_key, read_dataset, read_ferplus_votes
@@ -36,7 +37,7 @@ from .stages import (
     fusion_loss, fusion_validate, pair_batches, voice_batches, CLIP_BATCH, FACE_BATCH,
 )
 from .metrics import summarise
-from .trainer import OptimConfig, Stage, fit
+from .trainer import OptimConfig, Stage, fit, native_bf16
 
 FACE_VIEWS = 6  # cached augmented views per training face for the fusion stage
 
@@ -330,9 +331,16 @@ def train(args, argv: list[str]) -> dict:
     label_mapping = {**earlier.get("label_mapping", {}),
                      **{k: v for k, v in data_info.items() if k.endswith("label_mapping")}}
     record = provenance(datasets, label_mapping, ["avtca-train", *argv])
+    bf16 = args.bf16 and native_bf16(args.device)
+    if args.bf16 and not bf16:
+        what = (f"this CPU has no bfloat16 kernels (PyTorch reports {torch.backends.cpu.get_cpu_capability()})"
+                if args.device == "cpu" else "this GPU does not support bfloat16")
+        log(f"--bf16: {what}; emulated bf16 would train many times slower than fp32, so this run trains in fp32")
     record["stages"] = [*earlier.get("stages", []), {"stage": args.stage, "command": record["command"],
                                                       "data": data_info, "epochs": args.epochs,
-                                                      "optimizer": vars(optim_config(args))}]
+                                                      "optimizer": vars(optim_config(args)),
+                                                      "precision": "bf16" if bf16 else "fp32",
+                                                      "machine": machine(args.device)}]
 
     def save(path: Path, optimizer, extra: dict) -> None:
         stage_record = dict(record)
@@ -344,7 +352,7 @@ def train(args, argv: list[str]) -> dict:
     log(f"[{stage.name}] preset {model.cfg.preset}, {count_parameters(model) / 1e6:.2f} M parameters, "
         f"{sum(p.numel() for p in stage.module.parameters() if p.requires_grad) / 1e6:.2f} M trained here")
     result = fit(stage, epochs=args.epochs, optim=optim_config(args), out_dir=args.out, device=args.device,
-                 autocast_bf16=args.bf16, resume=not args.no_resume, log=log, progress=not args.no_progress,
+                 autocast_bf16=bf16, resume=not args.no_resume, log=log, progress=not args.no_progress,
                  compiled=args.compile)
     if result["rank"] == 0 and "metrics" in result["best"]:
         best = result["best"]
@@ -410,7 +418,9 @@ def parser() -> argparse.ArgumentParser:
                         "checkpoint and the export; twice the per-frame cost)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast where the device has bf16 kernels (a GPU, or a CPU with AVX512 or AMX); "
+                        "elsewhere fp32, as the log says")
     p.add_argument("--compile", action="store_true",
                    help="run the training steps through torch.compile (needs a C++ compiler; its first steps wait "
                         "while it compiles)")

@@ -58,17 +58,24 @@ def test_model_card_times_each_stage_from_its_own_run_folder(tmp_path, monkeypat
     for folder, times in seconds.items():
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "history.json").write_text(json.dumps([{"seconds": s} for s in times]))
-    stages = [{"stage": "face", "command": "avtca-train --stage face --out runs/a/face", "best_epoch": 2},
+    amd, intel = "AMD EPYC, 2 cores, AVX2", "Intel(R) Xeon(R) Processor, 2 cores, AVX512"
+    stages = [{"stage": "face", "command": "avtca-train --stage face --out runs/a/face", "best_epoch": 2,
+               "precision": "bf16", "machine": intel},
               {"stage": "face", "command": "avtca-train --stage face --init runs/a/face/best.pt --out=runs/b/face_more",
-               "best_epoch": 3},
-              {"stage": "voice", "command": "avtca-train --stage voice --out gone/voice", "best_epoch": 1}]
+               "best_epoch": 3, "precision": "fp32", "machine": amd},
+              {"stage": "voice", "command": "avtca-train --stage voice --out gone/voice", "best_epoch": 1,
+               "precision": "fp32", "machine": amd}]
     text = training_section({"training": {"stages": stages}}, runs=tmp_path / "runs" / "a")
-    assert "- face stage: 2 epochs, 3.7 min of epoch time (fastest epoch 100 s), best validation epoch 2" in text
-    assert "- face stage: 3 epochs, 4.7 min of epoch time (fastest epoch 90 s), best validation epoch 3" in text
+    assert ("- face stage: 2 epochs, 3.7 min of epoch time (fastest epoch 100 s), best validation epoch 2, bf16 on "
+            f"{intel}\n") in text
+    assert f"- face stage: 3 epochs, 4.7 min of epoch time (fastest epoch 90 s), best validation epoch 3, fp32 on {amd}\n" in text
     # The voice stage's folder moved: found by its name under --runs.
     assert stage_folder(stages[2]["command"], tmp_path / "runs" / "a") == tmp_path / "runs" / "a" / "voice"
     assert "- voice stage: 1 epochs" in text
-    assert "): 8 min; every epoch as fast as the fastest: 8 min" in text
+    # Each CPU the stages ran on, once: a card made on another machine does not name that one.
+    assert (f"- Training time on the CPU ({amd}; {intel}; sum of epoch times as they ran, slowed by any other work on "
+            "the machine then; data decoding and caching not included): 8 min; every epoch as fast as the fastest: "
+            "8 min") in text
     assert "(`make model` runs them)" in text and "GPU" not in text
 
 
@@ -88,6 +95,7 @@ def test_model_card_times_gpu_stages_apart_from_the_cpu_total(tmp_path, monkeypa
     assert "`make model` runs the recipe on the CPU alone" in text
     assert "- face stage: 2 epochs, 21.0 min of epoch time (fastest epoch 600 s)" in text
     assert "- face stage (GPU): 3 epochs, 0.4 min of epoch time (fastest epoch 8 s), best validation epoch 3" in text
+    assert "- Training time on the CPU (which CPU was not recorded; sum" in text  # records older than the field
     assert "): 21 min; every epoch as fast as the fastest: 20 min" in text
     assert "- On the GPU: 0.4 min of epoch time (not included above)" in text
     assert on_gpu("x --device=cuda") and not on_gpu("x --device cpu") and not on_gpu("x --face-from cuda")

@@ -15,8 +15,10 @@ import torch
 
 from avtca.app.modelfile import read_model_info
 from avtca.model import evaluate, train
+from avtca.model.card import machine
 from avtca.model.checkpoint import load_checkpoint
 from avtca.model.export import main as export_main
+from avtca.model.trainer import native_bf16
 
 from conftest import shared
 
@@ -421,6 +423,31 @@ def test_a_teacher_face_cnn_gives_its_flip_averaged_probabilities_as_soft_target
     assert train.main(["--stage", "voice", "--voice", f"ravdess={recipe['voices']}", "--teacher", str(teacher),
                        "--out", str(tmp_path / "y")]) == 2
     assert "--teacher gives soft targets to the face stage alone" in capsys.readouterr().err
+
+
+def test_bf16_trains_in_bf16_only_where_the_device_has_bf16_kernels(recipe, tmp_path, capsys):
+    """On an AVX2-only CPU bf16 is emulated, about 10 times slower than fp32: --bf16 then trains in fp32, says so
+    and records it. Where the CPU has bf16 kernels, the same run trains in bf16."""
+    out = tmp_path / "face"
+    assert train.main(["--stage", "face", "--faces", f"fer2013={recipe['fer']}", "--out", str(out), "--epochs", "1",
+                       "--max-items", "96", "--no-progress", "--threads", "2", "--bf16"]) == 0
+    logged = capsys.readouterr().out
+    _, state = load_checkpoint(out / "best.pt")
+    record = state["training"]["stages"][-1]
+    assert record["machine"] == machine("cpu") and machine("cpu").endswith(
+        f" cores, {torch.backends.cpu.get_cpu_capability()}")
+    fp32 = json.loads((recipe["face"] / "history.json").read_text())[0]  # the same run without --bf16
+    this = json.loads((out / "history.json").read_text())[0]
+    if native_bf16("cpu"):
+        assert record["precision"] == "bf16" and "trains in fp32" not in logged
+        assert this["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.05)
+        assert this["train_loss"] != fp32["train_loss"]
+    else:
+        assert record["precision"] == "fp32"
+        assert (f"--bf16: this CPU has no bfloat16 kernels (PyTorch reports "
+                f"{torch.backends.cpu.get_cpu_capability()}); emulated bf16 would train many times slower than "
+                "fp32, so this run trains in fp32") in logged
+        assert this["train_loss"] == pytest.approx(fp32["train_loss"], rel=1e-5)
 
 
 @pytest.mark.skipif(train.cpp_compiler() is None,
