@@ -43,7 +43,9 @@ FACE_VIEWS = 6  # cached augmented views per training face for the fusion stage
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """Print a progress line; under torchrun only rank 0 speaks (every rank runs the same code)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, flush=True)
 
 
 def parse_sources(values: list[str], flag: str) -> list[tuple[str, Path]]:

@@ -2,7 +2,7 @@
 
 A stage supplies the module to optimise, a batch iterator, a loss and a validation function; `fit` does the
 rest. Under `torchrun` the module is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and each
-rank takes its share of every epoch's batches; rank 0 validates, writes checkpoints and figures.
+rank takes its share of every epoch's batches; rank 0 alone validates and writes checkpoints and figures.
 """
 
 from __future__ import annotations
@@ -82,6 +82,18 @@ def is_main(rank: int) -> bool:
     return rank == 0
 
 
+def rank_share(batches: Iterator[tuple], rank: int, world: int) -> Iterator[tuple]:
+    """This rank's batches of an epoch: the rank-th of each run of `world` consecutive batches. A last, shorter run
+    is dropped, so that every rank takes as many steps as the others: each step's gradient all-reduce waits for
+    every rank, and one extra step on one rank would hang the job."""
+    mine = None
+    for i, batch in enumerate(batches):
+        if i % world == rank:
+            mine = batch
+        if i % world == world - 1:
+            yield mine
+
+
 def average_buffers(module: nn.Module, world: int) -> None:
     """Average floating buffers (BatchNorm running statistics) over ranks: DDP syncs gradients, not these,
     and each rank saw different batches."""
@@ -143,7 +155,10 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
     optimizer = make_optimizer(params, optim)
     train_module: nn.Module = module
     if world > 1:
-        train_module = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+        if stage.steps_per_epoch < world:
+            raise ValueError(f"{world} processes need at least {world} batches an epoch, and the {stage.name} stage has "
+                             f"{stage.steps_per_epoch}; start fewer processes or give it more data")
+        train_module = nn.parallel.DistributedDataParallel(module)
     if compiled:
         train_module = torch.compile(train_module)
     history: list[dict] = []
@@ -167,7 +182,7 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
         module.train()
         t0 = time.time()
         total_loss = total_correct = total_n = 0.0
-        batches = (b for i, b in enumerate(stage.batches(epoch)) if i % world == rank)
+        batches = rank_share(stage.batches(epoch), rank, world)
         bar = tqdm(batches, total=stage.steps_per_epoch // world, desc=f"[{stage.name}] epoch {epoch + 1}/{epochs}",
                    disable=not (progress and is_main(rank)), leave=False, mininterval=2.0)
         for step, batch in enumerate(bar):
@@ -188,6 +203,8 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
             bar.set_postfix(loss=f"{total_loss / total_n:.3f}", acc=f"{total_correct / total_n:.3f}")
         if world > 1:
             average_buffers(module, world)
+        if not is_main(rank):
+            continue  # rank 0 validates and writes; the others go on to wait at the next epoch's first all-reduce
         module.eval()
         # Validation data lives on the CPU: a stage that moves its batches validates on the device, for the
         # others the module visits the CPU.
@@ -197,24 +214,25 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
                   "train_accuracy": total_correct / max(total_n, 1), "val_accuracy": metrics["accuracy"],
                   "val_uar": metrics["uar"], "val_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}
         history.append(record)
-        if is_main(rank):
-            modes = "".join(f" | {m} {v['accuracy']:.1%}" for m, v in metrics.get("modes", {}).items())
-            log(f"[{stage.name}] epoch {epoch + 1}/{epochs} loss {record['train_loss']:.3f} train acc "
-                f"{record['train_accuracy']:.1%} | val {format_line('', metrics)[2:]}{modes} | {record['seconds']:.0f} s")
-            score = metrics.get("selection", metrics["accuracy"])  # stages may select on more than accuracy
-            if score > best["val_accuracy"]:
-                best = {"val_accuracy": score, "epoch": epoch + 1, "metrics": metrics}
-                save(out_dir / "best.pt", metrics)
-            save(last, metrics)
-            (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-            curves_png(history, out_dir / "curves.png", f"{stage.name}: training curves")
+        modes = "".join(f" | {m} {v['accuracy']:.1%}" for m, v in metrics.get("modes", {}).items())
+        log(f"[{stage.name}] epoch {epoch + 1}/{epochs} loss {record['train_loss']:.3f} train acc "
+            f"{record['train_accuracy']:.1%} | val {format_line('', metrics)[2:]}{modes} | {record['seconds']:.0f} s")
+        score = metrics.get("selection", metrics["accuracy"])  # stages may select on more than accuracy
+        if score > best["val_accuracy"]:
+            best = {"val_accuracy": score, "epoch": epoch + 1, "metrics": metrics}
+            save(out_dir / "best.pt", metrics)
+        save(last, metrics)
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        curves_png(history, out_dir / "curves.png", f"{stage.name}: training curves")
     if is_main(rank) and "metrics" in best:
         confusion_png(best["metrics"]["confusion_matrix"], list(stage.labels), out_dir / "confusion.png",
                       f"{stage.name}: validation, best epoch {best['epoch']}")
     if world > 1:
         from .checkpoint import weights_sha256
 
-        # Every rank reports its weights: identical digests show the ranks stayed in lockstep.
-        log(f"[{stage.name}] rank {rank}/{world} weights sha256 {weights_sha256(module)}")
-        dist.barrier()
+        # Rank 0 reports every rank's weights: identical digests show the ranks stayed in lockstep.
+        digests: list[str | None] = [None] * world
+        dist.all_gather_object(digests, weights_sha256(module))
+        for r, digest in enumerate(digests):
+            log(f"[{stage.name}] rank {r}/{world} weights sha256 {digest}")
     return {"best": best, "history": history, "rank": rank, "world": world}

@@ -111,17 +111,45 @@ def test_paired_evaluation_reports_three_modes(recipe, tmp_path):
     assert r["notes"]["face_duplicates_of_training_removed"] > 0
 
 
-def test_ddp_two_gloo_processes_stay_in_lockstep(recipe, tmp_path):
+def torchrun(args: list[str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "avtca.model.train", "--stage", "voice", "--init", str(recipe["face"] / "best.pt"), "--voice",
-           f"ravdess={recipe['voices']}", "--max-items", "64", "--epochs", "1", "--out", str(tmp_path / "ddp"),
-           "--no-progress", "--threads", "1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+           "-m", "avtca.model.train", "--epochs", "1", "--no-progress", "--threads", "1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_ddp_two_gloo_processes_stay_in_lockstep(recipe, tmp_path):
+    # 96 clips are 3 batches of 32: each rank takes one, and the third is left out so that neither rank waits
+    # for the other's all-reduce on a step it never takes.
+    result = torchrun(["--stage", "voice", "--init", str(recipe["face"] / "best.pt"), "--voice",
+                       f"ravdess={recipe['voices']}", "--max-items", "96", "--out", str(tmp_path / "ddp")])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]  # the failing rank's traceback too
     digests = re.findall(r"rank (\d)/2 weights sha256 ([0-9a-f]{64})", result.stdout)
     assert sorted(r for r, _ in digests) == ["0", "1"]
     assert digests[0][1] == digests[1][1]
     assert (tmp_path / "ddp" / "best.pt").is_file()
+    # Rank 0 alone speaks: each line of the run once.
+    assert result.stdout.count("[voice] preset live") == 1
+    assert result.stdout.count("[voice] epoch 1/1") == 1
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert len(history) == 1
+
+
+def test_ddp_refuses_fewer_batches_than_processes(tmp_path):
+    result = torchrun(["--stage", "face", "--faces", f"fer2013={shared('fer2013')}", "--max-items", "64",
+                       "--out", str(tmp_path / "ddp")])
+    assert result.returncode != 0
+    assert ("2 processes need at least 2 batches an epoch, and the face stage has 1; start fewer processes or give "
+            "it more data") in result.stderr
+    assert not (tmp_path / "ddp" / "last.pt").exists()
+
+
+def test_rank_share_gives_each_rank_as_many_batches():
+    from avtca.model.trainer import rank_share
+
+    shares = [list(rank_share(iter(range(8)), rank, 3)) for rank in range(3)]
+    assert shares == [[0, 3], [1, 4], [2, 5]]  # 6 and 7 make a short last run: left out on every rank
+    assert list(rank_share(iter(range(5)), 0, 1)) == [0, 1, 2, 3, 4]
+    assert [list(rank_share(iter(range(1)), rank, 2)) for rank in range(2)] == [[], []]
 
 
 def test_extra_face_only_rows_are_the_models_face_only_output():
