@@ -220,8 +220,56 @@ READERS = {
 }
 
 
+KIND_NAMES = {"av": "audio-video", "video": "video-only", "audio": "audio", "image": "image"}
+LAYOUTS = {
+    "ravdess": "files named MM-VV-EE-II-SS-RR-AA.wav, .flac or .mp4, e.g. Actor_01/03-01-05-01-01-01-01.wav",
+    "crema-d": "files named AAAA_SSS_EEE_LL.wav or .flv, e.g. AudioWAV/1001_DFA_ANG_XX.wav",
+    "fer2013": "images in folders named after their class, e.g. train/angry/Training_10118481.jpg",
+    "emodb": "files named like wav/03a01Fa.wav",
+    "tess": "files named like OAF_angry/OAF_back_angry.wav",
+}
+
+
 def read_dataset(name: str, root: Path, **kwargs) -> ReadReport:
-    """Run the named reader; ValueError for an unknown name."""
+    """Run the named reader. ValueError for an unknown name, and for a root under which the reader found nothing it
+    can use (a wrong folder would otherwise train or score on nothing)."""
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(READERS)}")
-    return READERS[name](Path(root), **kwargs)
+    report = READERS[name](Path(root), **kwargs)
+    if not report.items and name == "manifest":
+        raise ValueError(f"the manifest {root} lists no files; give it rows of path, label, speaker")
+    if not report.items:
+        kinds = " or ".join(KIND_NAMES[k] for k in kwargs.get("modalities", ()))
+        what = f"{name} {kinds} files" if kinds else f"{name} files"
+        passed = (f" (it passed over {sum(report.skipped.values())}: "
+                  f"{', '.join(f'{n} {why}' for why, n in report.skipped.most_common())})" if report.skipped else "")
+        raise ValueError(f"found no {what} under {root}{passed}; the reader looks for {LAYOUTS[name]}, "
+                         f"so pass the folder that holds them (or one above it)")
+    return report
+
+
+def speakers_text(speakers) -> str:
+    """Speaker IDs for a sentence, runs of numbers as ranges: '01-16, 18', '1001-1091', 'OAF, YAF'."""
+    ids = sorted(set(speakers), key=lambda s: (not s.isdigit(), len(s), s))
+    out: list[str] = []
+    run: list[str] = []
+    for sid in ids + [""]:
+        if run and sid.isdigit() and len(sid) == len(run[-1]) and int(sid) == int(run[-1]) + 1:
+            run.append(sid)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [sid] if sid.isdigit() else []
+        if sid and not sid.isdigit():
+            out.append(sid)
+    return ", ".join(out)
+
+
+def require_items(n: int, found: int, what: str, skipped: Counter, dropped: int = 0, use: str = "scored") -> None:
+    """ValueError when none of the `found` items is left to use, saying why each went (unreadable, silent, a label
+    outside the model's)."""
+    if n == 0:
+        reasons = [f"{k} {why}" for why, k in skipped.most_common()]
+        if dropped:
+            reasons.append(f"{dropped} with a label outside the model's")
+        raise ValueError(f"none of the {found} {what} could be {use} ({', '.join(reasons) or 'none found'})")

@@ -20,7 +20,8 @@ import numpy as np
 from ..app.audio import centre_window
 from ..app.modelfile import ModelFileError, open_model
 from .cache import copies_of, load_audio_clips, load_face_images
-from .datasets import Item, ferplus_key, ferplus_majority, read_dataset, read_ferplus_votes
+from .datasets import (Item, ferplus_key, ferplus_majority, read_dataset, read_ferplus_votes, require_items,
+                       speakers_text)
 from .labels import map_label, mapping_table
 from .metrics import format_line, summarise
 from .splits import pair_indices, parse_actors
@@ -83,10 +84,15 @@ def face_clip(crops: np.ndarray, frames: int) -> np.ndarray:
 
 
 def filter_actors(items: list[Item], actors: str | None) -> list[Item]:
+    """The items by `actors` (e.g. '17-20'); ValueError naming the actors there when none is."""
     if not actors:
         return items
     wanted = parse_actors(actors)
-    return [it for it in items if it.speaker.isdigit() and int(it.speaker) in wanted]
+    chosen = [it for it in items if it.speaker.isdigit() and int(it.speaker) in wanted]
+    if not chosen:
+        raise ValueError(f"none of the {len(items)} {items[0].dataset} files is by actors {actors}; the actors there "
+                         f"are {speakers_text(it.speaker for it in items)}")
+    return chosen
 
 
 def _mapped(items: list[Item], labels) -> tuple[list[Item], np.ndarray, int]:
@@ -115,9 +121,14 @@ def fer_images(pred: Predictor, root: Path, split: str) -> FaceImages:
     items, ys, dropped = _mapped(read_dataset("fer2013", root).items, pred.labels)
     test = [i for i, it in enumerate(items) if it.split == split]
     train = [i for i, it in enumerate(items) if it.split == "train"]
+    if not test:
+        there = ", ".join(sorted({it.split for it in items}))
+        raise ValueError(f"none of the {len(items)} FER2013 images under {root} is in the {split} split; the splits "
+                         f"there are {there}")
     crops, kept, skipped = load_face_images([items[i] for i in test], pred.face_size, pred.face_channels)
+    require_items(len(kept), len(test), f"FER2013 {split} images", skipped)
     scored = [items[test[k]] for k in kept]
-    y = ys[np.asarray(test, np.int64)[kept]] if len(kept) else np.zeros(0, np.int64)
+    y = ys[np.asarray(test, np.int64)[kept]]
     notes = {"split": split, "skipped": dict(skipped), "dropped_by_label_mapping": dropped,
              "duplicates_of_training_removed": None}
     unique = np.ones(len(crops), bool)
@@ -189,8 +200,10 @@ def voice_windows(pred: Predictor, items: list[Item]) -> tuple[np.ndarray, np.nd
 def eval_voices(pred: Predictor, dataset: str, root: Path, actors: str | None) -> tuple[dict, dict]:
     kwargs = {"modalities": ("audio",)} if dataset in ("ravdess", "crema-d") else {}
     all_items = read_dataset(dataset, root, **kwargs).items
-    items, ys, dropped = _mapped(filter_actors(all_items, actors), pred.labels)
+    chosen = filter_actors(all_items, actors)
+    items, ys, dropped = _mapped(chosen, pred.labels)
     audio, kept, skipped = voice_windows(pred, items)
+    require_items(len(kept), len(chosen), f"{dataset} clips", skipped, dropped)
     probs = pred.predict(audio, pred.empty_faces(len(audio)), MODES["voice_only"])
     result = summarise(ys[kept], probs.argmax(1), pred.labels)
     result["label_mapping"] = mapping_table([it.label for it in all_items], pred.labels)
@@ -205,9 +218,11 @@ def eval_av(pred: Predictor, dataset: str, root: Path, actors: str | None, cfg_l
 
     kwargs = {"modalities": ("av",)} if dataset in ("ravdess", "crema-d") else {}
     all_items = read_dataset(dataset, root, **kwargs).items
-    items, ys, dropped = _mapped(filter_actors(all_items, actors), pred.labels)
+    chosen = filter_actors(all_items, actors)
+    items, ys, dropped = _mapped(chosen, pred.labels)
     audio, faces, kept, skipped = load_av_clips(items, cfg_like)
-    audio = np.stack(audio) if len(audio) else pred.empty_audio(0)
+    require_items(len(kept), len(chosen), f"{dataset} audio-video clips", skipped, dropped)
+    audio = np.stack(audio)
     modes, probs_by_mode = {}, {}
     for mode, presence in MODES.items():
         probs_by_mode[mode] = pred.predict(audio, faces, presence)
@@ -228,13 +243,17 @@ def eval_paired(pred: Predictor, face_root: Path, voice_dataset: str, voice_root
     f_items, crops, face_y, removed = faces.items, faces.crops, faces.y, faces.notes["duplicates_of_training_removed"]
     kwargs = {"modalities": ("audio",)} if voice_dataset in ("ravdess", "crema-d") else {}
     v_all = read_dataset(voice_dataset, voice_root, **kwargs).items
-    v_items, v_ys, _ = _mapped(filter_actors(v_all, actors), pred.labels)
+    v_chosen = filter_actors(v_all, actors)
+    v_items, v_ys, v_dropped = _mapped(v_chosen, pred.labels)
     audio, v_kept, skipped = voice_windows(pred, v_items)
+    require_items(len(v_kept), len(v_chosen), f"{voice_dataset} clips", skipped, v_dropped)
     voice_y = v_ys[v_kept]
     face_idx = pair_indices(voice_y, face_y, np.random.default_rng(seed))
     ok = face_idx >= 0
+    require_items(int(ok.sum()), len(ok), "voice clips as pairs", Counter({"without a face image of their label":
+                                                                             int((~ok).sum())}))
     audio, voice_y, face_idx = audio[ok], voice_y[ok], face_idx[ok]
-    clips = face_clip(crops[face_idx], pred.frames) if len(face_idx) else pred.empty_faces(0)
+    clips = face_clip(crops[face_idx], pred.frames)
     modes = {m: summarise(voice_y, pred.predict(audio, clips, p).argmax(1), pred.labels) for m, p in MODES.items()}
     result = dict(modes["fused"])
     result.update(modes)

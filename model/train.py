@@ -27,7 +27,7 @@ from .cache import cache_dir, copies_of, load_audio_clips, load_face_images
 from .card import machine
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
 from .config import PRESETS, parse_overrides, preset
-from .datasets import Item, ferplus_key, read_dataset, read_ferplus_votes
+from .datasets import Item, ferplus_key, read_dataset, read_ferplus_votes, require_items, speakers_text
 from .labels import map_label, mapping_table
 from .network import AVTCA, count_parameters
 from .splits import by_actors, kfold_by_actor, named_split, parse_actors, random_split
@@ -89,6 +89,21 @@ def split_items(items: list[Item], args) -> dict[str, list[Item]]:
     return named_split(items, args.split)
 
 
+def split_parts(items: list[Item], args, what: str) -> dict[str, list[Item]]:
+    """`split_items`, refusing a split that leaves no training or no validation items, in a sentence that names the
+    speakers there are."""
+    parts = split_items(items, args)
+    for part, name in (("train", "training"), ("val", "validation")):
+        if not parts[part]:
+            how = (f"--fold {args.fold}" if args.fold else "--random-split" if args.random_split else
+                   " ".join(f"--{flag}-actors {v}" for flag, v in (("test", args.test_actors), ("val", args.val_actors))
+                            if v) or f"--split {args.split}")
+            raise ValueError(f"{how} leaves no {name} {what}: the {len(items)} found are by speakers "
+                             f"{speakers_text(it.speaker for it in items)}; choose others with --val-actors, "
+                             f"--test-actors or --fold")
+    return parts
+
+
 def limit(items: list[Item], n: int | None, seed: int) -> list[Item]:
     """At most n items, a seeded sample that keeps the order (for quick runs and tests)."""
     return [items[i] for i in limit_idx(list(range(len(items))), n, seed)]
@@ -103,11 +118,20 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
     votes = read_ferplus_votes(args.ferplus) if args.ferplus else None  # a wrong folder fails before the images load
     items = [it for name, root in sources for it in read_dataset(name, root).items]
     items, ys, dropped = labelled(items, cfg.labels)
+    require_items(len(items), sum(dropped.values()), "face images", dropped, use="used")
     train = [i for i, it in enumerate(items) if it.split == "train"]
     val = [i for i, it in enumerate(items) if it.split == "test"]
+    for part, idx in (("train", train), ("test", val)):
+        if not idx:
+            roots = ", ".join(str(r) for _, r in sources)
+            there = ", ".join(sorted({it.split for it in items}))
+            raise ValueError(f"none of the {len(items)} face images under {roots} is in the {part} split (the splits "
+                             f"there: {there}); the face stage trains on train and validates on test")
     train, val = limit_idx(train, args.max_items, args.seed), limit_idx(val, args.max_items, args.seed)
     tr, tr_kept, tr_skip = load_face_images([items[i] for i in train], cfg.face_size, cfg.face_channels)
     va, va_kept, va_skip = load_face_images([items[i] for i in val], cfg.face_size, cfg.face_channels)
+    require_items(len(tr), len(train), "training face images", tr_skip, use="used")
+    require_items(len(va), len(val), "validation face images", va_skip, use="used")
     tr_y, va_y = ys[np.asarray(train)[tr_kept]], ys[np.asarray(val)[va_kept]]
     unique = ~copies_of(tr, va)
     log(f"faces: {len(tr)} training, {len(va)} validation images; {int((~unique).sum())} validation images are exact "
@@ -161,10 +185,13 @@ def voice_data(args, cfg) -> tuple[VoiceData, dict]:
         items += report.items
         read_skips += report.skipped
     items, _, dropped = labelled(items, cfg.labels)
-    parts = split_items(items, args)
+    require_items(len(items), sum(dropped.values()), "voice clips", dropped, use="used")
+    parts = split_parts(items, args, "voice clips")
     train, val = limit(parts["train"], args.max_items, args.seed), limit(parts["val"], args.max_items, args.seed)
     tr, tr_kept, tr_skip = load_audio_clips(train, cfg.sample_rate_hz)
     va, va_kept, va_skip = load_audio_clips(val, cfg.sample_rate_hz)
+    require_items(len(tr), len(train), "training clips", tr_skip, use="used")
+    require_items(len(va), len(val), "validation clips", va_skip, use="used")
     tr_y = np.asarray([map_label(train[i].label, cfg.labels) for i in tr_kept], np.int64)
     va_y = np.asarray([map_label(val[i].label, cfg.labels) for i in va_kept], np.int64)
     speakers = lambda part: sorted({it.speaker for it in part})  # noqa: E731
@@ -189,11 +216,14 @@ def clip_data(args, cfg) -> tuple[ClipData, dict]:
         kwargs = {"modalities": ("av",)} if name in ("ravdess", "crema-d") else {}
         items += read_dataset(name, root, **kwargs).items
     items, _, dropped = labelled(items, cfg.labels)
-    parts = split_items(items, args)
+    require_items(len(items), sum(dropped.values()), "audio-video clips", dropped, use="used")
+    parts = split_parts(items, args, "audio-video clips")
     loaded = {}
     for part in ("train", "val"):
         chosen = limit(parts[part], args.max_items, args.seed)
         audio, faces, kept, skipped = load_av_clips(chosen, cfg)
+        require_items(len(kept), len(chosen), f"{'training' if part == 'train' else 'validation'} audio-video clips",
+                      skipped, use="used")
         ys = np.asarray([map_label(chosen[i].label, cfg.labels) for i in kept], np.int64)
         loaded[part] = (audio, faces, ys, skipped)
     log(f"audio-video clips: {len(loaded['train'][2])} training, {len(loaded['val'][2])} validation")

@@ -290,3 +290,71 @@ def test_an_av_clip_takes_the_frames_the_app_would_take():
             rgb = frames[nearest][1]
             expected = crop_face(rgb, detector.detect(rgb)[0], cfg.face_size, cfg.face_channels)
             assert np.array_equal(crop, expected)
+
+
+def test_a_folder_without_the_dataset_is_one_sentence_naming_the_layout(tmp_path: Path, speech: np.ndarray):
+    with pytest.raises(ValueError) as e:
+        read_dataset("fer2013", shared(*RAVDESS_SPEECH))
+    assert str(e.value).startswith(f"found no fer2013 files under {shared(*RAVDESS_SPEECH)}; the reader looks for "
+                                   "images in folders named after their class")
+    # Files that are there but do not follow the layout are counted in the sentence.
+    write_wav(tmp_path / "voices" / "speaker1_happy.wav", speech)
+    write_wav(tmp_path / "voices" / "speaker1_sad.wav", speech)
+    with pytest.raises(ValueError, match=r"found no emodb files under .*voices \(it passed over 2: 2 name is not "
+                                         r"SSTTTEv \(e\.g\. 03a01Fa\)\); the reader looks for files named like"):
+        read_dataset("emodb", tmp_path / "voices")
+    # RAVDESS speech holds no audio-video files.
+    with pytest.raises(ValueError, match=r"found no ravdess audio-video files under .*\(it passed over 1200: 1200 "
+                                         r"not selected \(audio, speech\)\)"):
+        read_dataset("ravdess", shared(*RAVDESS_SPEECH), modalities=("av",))
+    manifest = tmp_path / "empty.csv"
+    manifest.write_text("path,label,speaker\n")
+    with pytest.raises(ValueError, match="lists no files; give it rows of path, label, speaker"):
+        read_dataset("manifest", manifest)
+
+
+def test_speakers_read_as_ranges():
+    from avtca.model.datasets import speakers_text
+
+    assert speakers_text(["05", "01", "02", "03", "17", "18", "19", "20"]) == "01-03, 05, 17-20"
+    assert speakers_text([str(a) for a in range(1001, 1092)]) == "1001-1091"
+    assert speakers_text(["YAF", "OAF", "OAF"]) == "OAF, YAF"
+    assert speakers_text(["7"]) == "7"
+
+
+def test_training_refuses_splits_that_leave_nothing(tmp_path, capsys):
+    from avtca.model import train
+
+    voices = shared(*RAVDESS_SPEECH)
+    common = ["--stage", "voice", "--voice", f"ravdess={voices}", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert train.main([*common, "--val-actors", "21-24"]) == 1
+    assert ("--val-actors 21-24 leaves no validation voice clips: the 1200 found are by speakers 01-20; choose others "
+            "with --val-actors, --test-actors or --fold") in capsys.readouterr().err
+    assert train.main([*common, "--val-actors", "1-24"]) == 1
+    assert "--val-actors 1-24 leaves no training voice clips" in capsys.readouterr().err
+    fer_test = shared("fer2013", "test")
+    assert train.main(["--stage", "face", "--faces", f"fer2013={fer_test}", "--epochs", "1",
+                       "--out", str(tmp_path / "run")]) == 1
+    assert (f"none of the 3589 face images under {fer_test} is in the train split (the splits there: test); the face "
+            "stage trains on train and validates on test") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluation_refuses_to_score_nothing(tmp_path, capsys, speech: np.ndarray):
+    from avtca.model.evaluate import main
+
+    model = ["--model", str(Path(__file__).parents[1] / "exported" / "avtca.onnx")]
+    assert main([*model, "--dataset", "ravdess", "--root", str(shared(*RAVDESS_SPEECH)), "--actors", "30-33"]) == 1
+    assert ("none of the 1200 ravdess files is by actors 30-33; the actors there are 01-20"
+            in capsys.readouterr().err)
+    assert main([*model, "--dataset", "fer2013", "--root", str(shared("fer2013", "train")), "--split", "test"]) == 1
+    assert "is in the test split; the splits there are train" in capsys.readouterr().err
+    # Clips that are all unreadable or silent: each reason counted, no figure printed.
+    root = tmp_path / "Actor_21"
+    write_wav(root / "03-01-06-01-01-01-21.wav", np.zeros(16000))
+    (root / "03-01-04-01-01-01-21.wav").write_bytes(b"")
+    assert main([*model, "--dataset", "ravdess", "--root", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 1
+    captured = capsys.readouterr()
+    assert "none of the 2 ravdess clips could be scored (1 " in captured.err
+    assert "silent audio" in captured.err and "empty file" in captured.err
+    assert "accuracy" not in captured.out and not (tmp_path / "r.json").exists()
