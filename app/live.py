@@ -17,7 +17,7 @@ from pathlib import Path
 from .capture import DeviceError, camera_names, list_microphones, open_source
 from .faces import FaceDetector, FaceDetectorError
 from .media import MediaError
-from .modelfile import ModelFileError, open_model, open_parts, providers_for
+from .modelfile import ModelFileError, open_model, open_parts, providers_for, training_gap
 from .paths import DEFAULT_MODEL, DEMO_CLIP
 from .pipeline import TICK_HZ, Engine
 from .runner import JsonlWriter, Runner
@@ -65,6 +65,8 @@ def build(args) -> tuple[Runner, object, object]:
     provider = session.get_providers()[0]
     if not info.trained:
         say(f"{args.model} is an UNTRAINED model: its probabilities mean nothing yet")
+    elif gap := training_gap(info.metadata):
+        say(f"{args.model} {gap}")
     source = open_source(args.source, args.camera, args.mic, info.sample_rate_hz, args.fast, DEMO_CLIP, say)
     try:
         detector = FaceDetector(video_mode=True)

@@ -43,6 +43,19 @@ class ModelInfo:
                    trained=bool(meta["trained"]), metadata=meta)
 
 
+def training_gap(meta: dict) -> str | None:
+    """A sentence for a trained model whose training stopped before the stage that trains the layers behind its
+    fused output (fusion, or av), naming which of its outputs mean something; None otherwise (an untrained model
+    is said to be untrained elsewhere)."""
+    stages = [s.get("stage") for s in (meta.get("training") or {}).get("stages", [])]
+    if not meta.get("trained") or not stages or {"fusion", "av"} & set(stages):
+        return None
+    trained = ("its voice-only probabilities are trained, its fused and face-only ones are not" if "voice" in stages
+               else "none of its probabilities is (the face stage trains the face CNN under a head of its own)")
+    return (f"was trained through the {' and '.join(stages)} stage{'s' if len(stages) > 1 else ''} only, without the "
+            f"fusion stage: {trained}")
+
+
 def providers_for(device: str) -> list[str]:
     """ONNX Runtime execution providers for --device cpu|cuda."""
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, PARTS, open_model
+from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, PARTS, open_model, training_gap
 from .checkpoint import git_commit, load_checkpoint, weights_sha256
 from .config import PRESETS, preset
 from .network import AVTCA
@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     figure = f"argmax agreement {v['agreement']:.1%}" if args.int8 else f"max |diff| {v['max_abs_diff']:.1e}"
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, preset {meta['preset']}, "
           f"{'trained' if meta['trained'] else 'UNTRAINED'}); ONNX Runtime vs PyTorch on {v['inputs']} inputs: {figure}")
+    if gap := training_gap(meta):
+        print(f"avtca-export: note: {args.checkpoint} {gap}", file=sys.stderr)
     return 0
 
 

@@ -58,10 +58,11 @@ def test_metadata_round_trip(live_onnx: Path):
     assert info.metadata["export"]["opset"] >= 17
 
 
-def test_export_cli_from_checkpoint_records_training(tmp_path: Path):
+def test_export_cli_from_checkpoint_records_training(tmp_path: Path, capsys):
     model = fresh_live_model()
     ckpt = tmp_path / "model.pt"
-    training = {"datasets": ["unit-test"], "label_mapping": {"calm": "neutral"}, "command": "pytest"}
+    training = {"datasets": ["unit-test"], "label_mapping": {"calm": "neutral"}, "command": "pytest",
+                "stages": [{"stage": "face"}, {"stage": "voice"}]}
     save_checkpoint(ckpt, model, training=training, evaluation={"accuracy": 0.5})
     out = tmp_path / "m.onnx"
     assert export_main([str(ckpt), "-o", str(out)]) == 0
@@ -69,6 +70,25 @@ def test_export_cli_from_checkpoint_records_training(tmp_path: Path):
     assert info.trained is True
     assert info.metadata["training"]["label_mapping"] == {"calm": "neutral"}
     assert info.metadata["evaluation"] == {"accuracy": 0.5}
+    # A checkpoint from before the fusion stage exports, and the export says which outputs are not trained.
+    assert (f"avtca-export: note: {ckpt} was trained through the face and voice stages only, without the fusion "
+            "stage: its voice-only probabilities are trained, its fused and face-only ones are not"
+            in capsys.readouterr().err)
+
+
+def test_training_gap_names_the_outputs_a_partly_trained_model_lacks():
+    from avtca.app.modelfile import training_gap
+    from avtca.app.paths import DEFAULT_MODEL
+
+    def meta(*stages: str) -> dict:
+        return {"trained": True, "training": {"stages": [{"stage": s} for s in stages]}}
+
+    assert "none of its probabilities is" in training_gap(meta("face"))
+    assert training_gap(meta("face")).startswith("was trained through the face stage only")
+    assert training_gap(meta("face", "voice", "fusion")) is None
+    assert training_gap(meta("av")) is None
+    assert training_gap({"trained": False, "training": None}) is None  # said as UNTRAINED instead
+    assert training_gap(read_model_info(DEFAULT_MODEL).metadata) is None  # the shipped model went through all three
 
 
 def test_export_cli_int8_checks_argmax_agreement(tmp_path: Path, capsys):
