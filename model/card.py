@@ -157,12 +157,12 @@ def training_section(meta: dict, runs: Path | None) -> str:
             else:
                 total += sum(times)
                 typical += times[0] * len(times)
-            ran = f", {stage['precision']} on {stage['machine']}" if "machine" in stage else ""
+            ran = "".join(f", {span}{s['precision']} on {s['machine']}" for span, s in sittings(stage, len(times)))
             lines.append(f"- {stage['stage']} stage{' (GPU)' if on_device else ''}: {len(times)} epochs, "
                          f"{sum(times) / 60:.1f} min of epoch time (fastest epoch {times[0]:.0f} s), best validation "
                          f"epoch {stage.get('best_epoch')}{ran}")
     if total:
-        cpus = sorted({s["machine"] for s, g in zip(stages, gpu) if not g and "machine" in s})
+        cpus = sorted({s["machine"] for stage, g in zip(stages, gpu) if not g for _, s in sittings(stage, 0)})
         lines.append(f"- Training time on the CPU ({'; '.join(cpus) or 'which CPU was not recorded'}; sum of epoch "
                      f"times as they ran, slowed by any other work on the machine then; data decoding and caching not "
                      f"included): {total / 60:.0f} min; every epoch as fast as the fastest: {typical / 60:.0f} min")
@@ -170,6 +170,17 @@ def training_section(meta: dict, runs: Path | None) -> str:
         lines.append(f"- On the GPU: {gpu_total / 60:.1f} min of epoch time (not included above)")
     lines.append(f"- git commit {training.get('git_commit')}, {training.get('date')}, torch {training.get('torch')}")
     return "\n".join(lines)
+
+
+def sittings(stage: dict, epochs: int) -> list[tuple[str, dict]]:
+    """(span, sitting) for each sitting of a stage's record: span is '' for a stage trained in one sitting, else
+    'epochs A-B ' (up to `epochs` for the last). Records older than the fields give none."""
+    runs = stage.get("sittings") or ([{"first_epoch": 1, **{k: stage[k] for k in ("precision", "machine")}}]
+                                     if "machine" in stage else [])
+    if len(runs) < 2:
+        return [("", s) for s in runs]
+    ends = [s["first_epoch"] - 1 for s in runs[1:]] + [max(epochs, runs[-1]["first_epoch"])]
+    return [(f"epochs {s['first_epoch']}-{end} ", s) for s, end in zip(runs, ends)]
 
 
 def reassembled(meta: dict) -> str:

@@ -368,11 +368,13 @@ def train(args, argv: list[str]) -> dict:
         what = (f"this CPU has no bfloat16 kernels (PyTorch reports {torch.backends.cpu.get_cpu_capability()})"
                 if args.device == "cpu" else "this GPU does not support bfloat16")
         log(f"--bf16: {what}; emulated bf16 would train many times slower than fp32, so this run trains in fp32")
+    sitting = {"first_epoch": 1, "precision": "bf16" if bf16 else "fp32", "machine": machine(args.device)}
     record["stages"] = [*earlier.get("stages", []), {"stage": args.stage, "command": record["command"],
                                                       "data": data_info, "epochs": args.epochs,
                                                       "optimizer": vars(optim_config(args)),
-                                                      "precision": "bf16" if bf16 else "fp32",
-                                                      "machine": machine(args.device)}]
+                                                      "precision": sitting["precision"],
+                                                      "machine": sitting["machine"],
+                                                      "sittings": sittings(args, sitting)}]
 
     def save(path: Path, optimizer, extra: dict) -> None:
         stage_record = dict(record)
@@ -394,6 +396,21 @@ def train(args, argv: list[str]) -> dict:
         log(f"[{stage.name}] best validation epoch {best['epoch']}: {best['metrics']['accuracy']:.1%} accuracy; "
             f"checkpoint {Path(args.out) / 'best.pt'}")
     return result
+
+
+def sittings(args, this: dict) -> list[dict]:
+    """The sittings of this stage's run folder: those its last.pt records when this run resumes it, then this one
+    from the first epoch it trains. A stage run in two sittings (stopped, then resumed on another machine or in
+    another precision) keeps where each of its epochs trained."""
+    last = Path(args.out) / "last.pt"
+    if args.no_resume or not last.is_file():
+        return [this]
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    done = len(state["extra"]["history"])
+    stage = ((state.get("training") or {}).get("stages") or [{}])[-1]
+    before = stage.get("sittings") or [{"first_epoch": 1, "precision": stage.get("precision", "not recorded"),
+                                        "machine": stage.get("machine", "not recorded")}]
+    return before if done >= args.epochs else [*before, {**this, "first_epoch": done + 1}]
 
 
 def optim_config(args) -> OptimConfig:

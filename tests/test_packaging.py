@@ -54,7 +54,7 @@ def test_model_card_times_each_stage_from_its_own_run_folder(tmp_path, monkeypat
     from avtca.model.card import stage_folder, training_section
 
     monkeypatch.chdir(tmp_path)
-    seconds = {"runs/a/face": [100.0, 120.0], "runs/b/face_more": [90.0, 95.0, 99.0], "runs/a/voice": [5.0]}
+    seconds = {"runs/a/face": [100.0, 120.0], "runs/b/face_more": [90.0, 95.0, 99.0], "runs/a/voice": [5.0, 5.0]}
     for folder, times in seconds.items():
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "history.json").write_text(json.dumps([{"seconds": s} for s in times]))
@@ -64,17 +64,21 @@ def test_model_card_times_each_stage_from_its_own_run_folder(tmp_path, monkeypat
               {"stage": "face", "command": "avtca-train --stage face --init runs/a/face/best.pt --out=runs/b/face_more",
                "best_epoch": 3, "precision": "fp32", "machine": amd},
               {"stage": "voice", "command": "avtca-train --stage voice --out gone/voice", "best_epoch": 1,
-               "precision": "fp32", "machine": amd}]
+               "precision": "fp32", "machine": amd,
+               "sittings": [{"first_epoch": 1, "precision": "bf16", "machine": intel},
+                            {"first_epoch": 2, "precision": "fp32", "machine": amd}]}]
     text = training_section({"training": {"stages": stages}}, runs=tmp_path / "runs" / "a")
     assert ("- face stage: 2 epochs, 3.7 min of epoch time (fastest epoch 100 s), best validation epoch 2, bf16 on "
             f"{intel}\n") in text
     assert f"- face stage: 3 epochs, 4.7 min of epoch time (fastest epoch 90 s), best validation epoch 3, fp32 on {amd}\n" in text
     # The voice stage's folder moved: found by its name under --runs.
     assert stage_folder(stages[2]["command"], tmp_path / "runs" / "a") == tmp_path / "runs" / "a" / "voice"
-    assert "- voice stage: 1 epochs" in text
+    # A stage run in two sittings names each one's epochs, precision and machine.
+    assert (f"- voice stage: 2 epochs, 0.2 min of epoch time (fastest epoch 5 s), best validation epoch 1, epochs 1-1 "
+            f"bf16 on {intel}, epochs 2-2 fp32 on {amd}\n") in text
     # Each CPU the stages ran on, once: a card made on another machine does not name that one.
     assert (f"- Training time on the CPU ({amd}; {intel}; sum of epoch times as they ran, slowed by any other work on "
-            "the machine then; data decoding and caching not included): 8 min; every epoch as fast as the fastest: "
+            "the machine then; data decoding and caching not included): 9 min; every epoch as fast as the fastest: "
             "8 min") in text
     assert "(`make model` runs them)" in text and "GPU" not in text
 

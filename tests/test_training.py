@@ -78,6 +78,14 @@ def test_resume_continues_from_last_epoch(recipe, capsys):
     assert train.main(args) == 0
     assert "resuming from" in capsys.readouterr().out
     assert [h["epoch"] for h in json.loads((recipe["voice"] / "history.json").read_text())] == [1, 2]
+    # The record keeps both sittings: epoch 1 from the first run, epoch 2 from this one.
+    _, state = load_checkpoint(recipe["voice"] / "last.pt")
+    here = {"precision": "fp32", "machine": machine("cpu")}
+    assert state["training"]["stages"][-1]["sittings"] == [{"first_epoch": 1, **here}, {"first_epoch": 2, **here}]
+    # Asked again for 2 epochs, the run has nothing left to train and records no third sitting.
+    assert train.main(args) == 0
+    _, state = load_checkpoint(recipe["voice"] / "last.pt")
+    assert len(state["training"]["stages"][-1]["sittings"]) == 2
 
 
 def test_trained_checkpoint_exports_and_evaluates_alike(recipe, tmp_path):
