@@ -199,13 +199,21 @@ def read_manifest(csv_path: Path) -> ReadReport:
         rows = list(csv.DictReader(f))
     if rows and not {"path", "label", "speaker"} <= set(rows[0]):
         raise ValueError(f"manifest {csv_path} needs the columns path, label, speaker (has {sorted(rows[0])})")
-    for row in rows:
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"manifest {csv_path}, line {line}"
+        if (row["label"] or "").strip().lower() not in CANONICAL:
+            raise ValueError(f"{where}: the label {row['label']!r} is not an emotion name this project reads; use one "
+                             f"of {', '.join(sorted(CANONICAL))}")
         path = Path(row["path"])
         path = path if path.is_absolute() else csv_path.parent / path
         suffix = path.suffix.lower()
         kind = "av" if suffix in VIDEO_EXT else "image" if suffix in IMAGE_EXT else "audio"
-        start = float(row["start"]) if row.get("start") else None
-        end = float(row["end"]) if row.get("end") else None
+        try:
+            start = float(row["start"]) if row.get("start") else None
+            end = float(row["end"]) if row.get("end") else None
+        except ValueError:
+            raise ValueError(f"{where}: start and end must be seconds, e.g. 1.5, or empty (they are "
+                             f"{row.get('start')!r} and {row.get('end')!r})") from None
         report.items.append(Item(path, row["label"], row["speaker"], "manifest", kind, start=start, end=end))
     return report
 

@@ -38,6 +38,10 @@ def by_actors(items: list[Item], test: set[int], val: set[int]) -> dict[str, lis
         raise ValueError(f"actors {sorted(test & val)} are in both test and validation")
     parts: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
     for item in items:
+        if not item.speaker.isdigit():
+            raise ValueError(f"the speaker {item.speaker!r} of {item.path.name} is not a number, so an actor list "
+                             f"(--split, --val-actors, --test-actors) cannot name it; use --fold K/N, which splits by "
+                             f"any speaker name")
         actor = int(item.speaker)
         parts["test" if actor in test else "val" if actor in val else "train"].append(item)
     return parts

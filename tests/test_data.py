@@ -96,6 +96,22 @@ def test_emodb_tess_and_manifest_made_here(tmp_path: Path, speech: np.ndarray):
     assert list(kept) == [0] and len(clips[0]) == 16000  # the segment, resampled and cut
     cached, kept_again, _ = load_audio_clips(items, 16000)  # the second call reads the cache
     assert list(kept_again) == [0] and np.array_equal(cached[0], clips[0])
+    # A row the manifest reader cannot take is named by its line, with what to write instead.
+    manifest.write_text("path,label,speaker,start,end\nseg.wav,happy,spk7,,\nseg.wav,bored,spk7,,\n")
+    with pytest.raises(ValueError, match=r"manifest .*manifest.csv, line 3: the label 'bored' is not an emotion name "
+                                         r"this project reads; use one of anger, angry, boredom, calm"):
+        read_dataset("manifest", manifest)
+    manifest.write_text("path,label,speaker,start,end\nseg.wav,happy,spk7,0:30,1:00\n")
+    with pytest.raises(ValueError, match=r"line 2: start and end must be seconds, e.g. 1.5, or empty \(they are "
+                                         r"'0:30' and '1:00'\)"):
+        read_dataset("manifest", manifest)
+    # Speakers named, not numbered, split by --fold; an actor list cannot name them.
+    manifest.write_text("path,label,speaker\n" + "".join(f"seg.wav,happy,spk{k}\n" for k in range(4)))
+    items = read_dataset("manifest", manifest).items
+    with pytest.raises(ValueError, match="the speaker 'spk0' of seg.wav is not a number, so an actor list"):
+        named_split(items, "live")
+    folds = kfold_by_actor(items, 4, 0)
+    assert [it.speaker for it in folds["test"]] == ["spk0"] and [it.speaker for it in folds["val"]] == ["spk1"]
 
 
 def test_label_mapping_calm_to_neutral_only_where_needed():
