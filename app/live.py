@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .capture import DeviceError, camera_names, list_microphones, open_source
+from .cli import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, number, output_file
 from .faces import FaceDetector, FaceDetectorError
 from .media import MediaError
 from .modelfile import ModelFileError, open_model, open_parts, providers_for, training_gap
@@ -128,11 +129,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict-device", action="store_true", help="exit instead of falling back to the CPU")
     p.add_argument("--headless", action="store_true", help="no window: JSON lines to --out (or stdout)")
     p.add_argument("--fast", action="store_true", help="with --source: as fast as possible, not real time")
-    p.add_argument("--out", type=Path, help="write one JSON line per tick here")
-    p.add_argument("--smooth", type=float, default=0.5, help="smoothing time constant in seconds (0: off)")
-    p.add_argument("--tick-hz", type=float, default=TICK_HZ, help="inference rate")
-    p.add_argument("--seconds", type=float, help="stop after this many seconds (headless)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1 keeps one core free)")
+    p.add_argument("--out", type=output_file, help="write one JSON line per tick here")
+    p.add_argument("--smooth", type=NON_NEGATIVE, default=0.5, help="smoothing time constant in seconds (0: off)")
+    p.add_argument("--tick-hz", type=number(float, above=0, at_most=100), default=TICK_HZ, help="inference rate")
+    p.add_argument("--seconds", type=POSITIVE, help="stop after this many seconds (headless)")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1,
+                   help="ONNX Runtime threads (1 keeps one core free; 0: ONNX Runtime's default)")
     p.add_argument("--full-model", action="store_true",
                    help="run the whole model every tick, not its per-frame encoder, audio front end and head apart")
     p.add_argument("--list-devices", action="store_true", help="list cameras and microphones, then exit")

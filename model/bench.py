@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..app.cli import POSITIVE_INT, output_file
 from ..app.modelfile import open_parts, read_model_info, session_options
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
 from .card import cpu_name
@@ -393,10 +394,10 @@ def _flat(prefix: str, d: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="avtca-bench", description=__doc__.splitlines()[0])
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=output_file, help="write the figures here")
     p.add_argument("--quick", action="store_true", help="live preset only, few runs, no pipeline (a smoke test)")
-    p.add_argument("--threads", type=int, default=1, help="threads for both runtimes (the app uses 1)")
-    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="threads for both runtimes (the app uses 1)")
+    p.add_argument("--runs", type=POSITIVE_INT, default=200)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model the pipeline benchmark runs")
     p.add_argument("--clip", type=Path, default=PIPELINE_CLIP, help="a 640x360 face video for the pipeline")
     p.add_argument("--markdown", type=Path, help="print the README table for a JSON written earlier, and exit")

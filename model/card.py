@@ -12,6 +12,7 @@ import os
 import platform
 from pathlib import Path
 
+from ..app.cli import output_file
 from ..app.modelfile import read_model_info
 
 # (eval JSON file, what it measures, the avtca-eval command that wrote it; DATA is the data folder)
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=Path("exported/avtca.onnx"))
     p.add_argument("--eval-dir", type=Path, default=Path("exported/eval"))
     p.add_argument("--runs", type=Path, help="where the run folders are when not at the --out of each stage's command")
-    p.add_argument("-o", "--output", type=Path, default=Path("exported/MODEL_CARD.md"))
+    p.add_argument("-o", "--output", type=output_file, default=Path("exported/MODEL_CARD.md"))
     args = p.parse_args(argv)
     args.output.write_text(render(args.model, args.eval_dir, args.runs))
     print(f"wrote {args.output}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..app.cli import output_file
 from ..app.media import iter_video_frames, load_audio, video_info
 
 AUDIO_RATE_HZ = 16000
@@ -55,7 +56,7 @@ def build(clips: list[Path], out: Path, fps: Fraction = Fraction(30000, 1001)) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m avtca.model.democlip", description=__doc__.splitlines()[0])
     p.add_argument("video_dir", type=Path, help="folder of CREMA-D .flv clips (VideoFlash)")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=output_file, required=True)
     args = p.parse_args(argv)
     clips = sorted(args.video_dir.glob("*.flv"))
     if not clips:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..app.audio import centre_window
+from ..app.cli import NON_NEGATIVE_INT, output_file, output_folder
 from ..app.modelfile import ModelFileError, open_model
 from .cache import copies_of, load_audio_clips, load_face_images
 from .datasets import (Item, ferplus_key, ferplus_majority, read_dataset, read_ferplus_votes, require_items,
@@ -322,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voice-dataset", default="ravdess", help="paired: which reader the voice root needs")
     p.add_argument("--seed", type=int, default=PAIR_SEED, help="paired: pairing seed")
     p.add_argument("--per-item", action="store_true", help="print each file's prediction")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument("--plots", type=Path, help="write confusion-matrix PNGs into this folder")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="ONNX Runtime threads (0: its default)")
+    p.add_argument("--json", type=output_file, help="write the figures here")
+    p.add_argument("--plots", type=output_folder, help="write confusion-matrix PNGs into this folder")
     args = p.parse_args(argv)
     if args.model is None and args.checkpoint is None:
         from ..app.paths import DEFAULT_MODEL

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..app.cli import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SHARE, epoch_list, fold,
+                       output_folder)
 from .cache import cache_dir, copies_of, load_audio_clips, load_face_images
 from .card import machine
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
@@ -427,41 +429,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, help="start from this checkpoint (its config wins over --preset)")
     p.add_argument("--face-from", type=Path, help="with --init: take the per-frame face CNN from this checkpoint "
                                                  "instead (e.g. a face stage trained on after the voice stage began)")
-    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves, confusion matrix")
+    p.add_argument("--out", type=output_folder, required=True, help="run folder: checkpoints, curves, confusion matrix")
     p.add_argument("--faces", action="append", metavar="DATASET=PATH", help="face images, e.g. fer2013=PATH")
     p.add_argument("--ferplus", type=Path, help="folder with fer2013new.csv and ferplus_to_fer2013_jpg.csv: "
                                                "FER+ votes as soft targets for the face stage")
-    p.add_argument("--ferplus-weight", type=float, default=0.5, help="share of the FER+ distribution in the target")
+    p.add_argument("--ferplus-weight", type=SHARE, default=0.5, help="share of the FER+ distribution in the target")
     p.add_argument("--teacher", type=Path,
                    help="face stage: distil from this face-stage checkpoint; its probabilities for each training "
                         "image (mirror images averaged) become soft targets beside the labels")
-    p.add_argument("--teacher-weight", type=float, default=0.5, help="share of the teacher's probabilities in the target")
+    p.add_argument("--teacher-weight", type=SHARE, default=0.5, help="share of the teacher's probabilities in the target")
     p.add_argument("--voice", action="append", metavar="DATASET=PATH", help="voice clips (repeatable)")
     p.add_argument("--av", action="append", metavar="DATASET=PATH", help="audio-video clips (repeatable)")
     p.add_argument("--split", default="live", help="named actor split: live, ravdess-reference")
     p.add_argument("--val-actors", help="validation actors, e.g. 17-20 (instead of --split)")
     p.add_argument("--test-actors", help="test actors held out of training, e.g. 1-4")
-    p.add_argument("--fold", help="k-fold by actor: K/N, e.g. 0/5")
+    p.add_argument("--fold", type=fold, help="k-fold by actor: K/N, e.g. 0/5")
     p.add_argument("--random-split", action="store_true", help="the paper's 80/20 split; LEAKS actors, warns")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=30)
     p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--dampening", type=float, default=0.0)
-    p.add_argument("--milestones", help="step decay x0.1 at these epochs, e.g. 40,55,65,70 (default cosine)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--pairs-per-voice", type=int, default=4, help="fusion: face pairings per voice clip per epoch")
-    p.add_argument("--extra-faces", type=int, default=0,
+    p.add_argument("--lr", type=POSITIVE, default=2e-3)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.05)
+    p.add_argument("--momentum", type=SHARE, default=0.9)
+    p.add_argument("--dampening", type=SHARE, default=0.0)
+    p.add_argument("--milestones", type=epoch_list, help="step decay x0.1 at these epochs, e.g. 40,55,65,70 (default cosine)")
+    p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0)
+    p.add_argument("--pairs-per-voice", type=POSITIVE_INT, default=4, help="fusion: face pairings per voice clip per epoch")
+    p.add_argument("--extra-faces", type=NON_NEGATIVE_INT, default=0,
                    help="fusion: face-only clips of any training face added to each batch of pairs")
-    p.add_argument("--mixup", type=float, default=0.0,
+    p.add_argument("--mixup", type=NON_NEGATIVE, default=0.0,
                    help="mix each training image, clip or pair with another of the batch, "
                         "weight ~ Beta(A, A), soft targets (0: off)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="replace one field of the preset's config for a new network (repeatable), e.g. "
                         "--set stem_pool_stride=1 --set video_widths=16,64,128,256,512; stored in the checkpoint")
-    p.add_argument("--it-heads", type=int, help="override the preset's intermediate transformer heads")
-    p.add_argument("--ct-heads", type=int, help="override the preset's cross-attention heads")
+    p.add_argument("--it-heads", type=POSITIVE_INT, help="override the preset's intermediate transformer heads")
+    p.add_argument("--ct-heads", type=POSITIVE_INT, help="override the preset's cross-attention heads")
     p.add_argument("--flip-average", action="store_true",
                    help="at inference, average each face crop's embedding with its mirror image's (kept in the "
                         "checkpoint and the export; twice the per-frame cost)")
@@ -473,8 +475,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="run the training steps through torch.compile (needs a C++ compiler; its first steps wait "
                         "while it compiles)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--max-items", type=int, help="use at most this many items per split (quick runs, tests)")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--max-items", type=POSITIVE_INT, help="use at most this many items per split (quick runs, tests)")
     p.add_argument("--no-resume", action="store_true", help="ignore last.pt in --out")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -191,3 +191,35 @@ def test_no_portaudio_is_one_sentence(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "no PortAudio library" in result.stdout and "apt-get install libportaudio2" in result.stdout
+
+
+@pytest.mark.parametrize("command, args, says", [
+    ("live", ["--headless", "--tick-hz", "0"], "argument --tick-hz: '0' is not a number above 0 and at most 100"),
+    ("live", ["--headless", "--seconds", "-1"], "argument --seconds: '-1' is not a number above 0"),
+    ("live", ["--headless", "--smooth", "nan"], "argument --smooth: 'nan' is not a number at least 0"),
+    ("live", ["--headless", "--out", "{tmp}"], "argument --out: {tmp} is a folder; give a file name in it"),
+    ("train", ["--stage", "voice", "--out", "{tmp}/run", "--epochs", "0"],
+     "argument --epochs: '0' is not a whole number at least 1"),
+    ("train", ["--stage", "voice", "--out", "{tmp}/run", "--fold", "5/5"],
+     "argument --fold: '5/5' is not K/N with 0 <= K < N and N >= 2, e.g. 0/5"),
+    ("train", ["--stage", "voice", "--out", "{tmp}/run", "--milestones", "40,x"],
+     "argument --milestones: '40,x' is not a comma-separated list of epochs, e.g. 40,55,65"),
+    ("train", ["--stage", "voice", "--out", "{tmp}/run", "--ferplus-weight", "1.5"],
+     "argument --ferplus-weight: '1.5' is not a number from 0 to 1"),
+    ("train", ["--stage", "voice", "--out", "{tmp}/file"], "argument --out: {tmp}/file is a file; give a folder"),
+    ("eval", ["--dataset", "crema-d", "--root", "{tmp}", "--json", "{tmp}/file/r.json"],
+     "argument --json: {tmp}/file is a file, so {tmp}/file/r.json cannot be written below it"),
+    ("export", ["--init", "live", "-o", "{tmp}"], "argument -o/--output: {tmp} is a folder; give a file name in it"),
+])
+def test_arguments_out_of_range_are_refused_before_anything_starts(command, args, says, tmp_path, capsys):
+    from avtca.app import live
+    from avtca.model import evaluate, export, train
+
+    (tmp_path / "file").write_text("not a folder")
+    main = {"live": live.main, "train": train.main, "eval": evaluate.main, "export": export.main}[command]
+    with pytest.raises(SystemExit) as e:
+        main([a.format(tmp=tmp_path) for a in args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert says.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing was written
