@@ -7,7 +7,12 @@ edges replicated where it leaves the frame, resized to the model's face size, gr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,9 @@ from .paths import FACE_DETECTOR_MODEL
 
 FACE_MARGIN = 0.15  # share of the box size added on each side; FER2013 crops show forehead to chin
 MIN_DETECTION_CONFIDENCE = 0.7  # real faces in our clips score 0.88-0.97; clouds and textures reach 0.6
+# What MediaPipe's runtime (LiteRT, TFLite, absl) writes to the process's stderr when a detector starts, first
+# runs and stops, whatever GLOG_minloglevel says: its informational lines and absl's notes below WARNING.
+NATIVE_CHATTER = re.compile(r"^(INFO: |I\d{4} |W\d{4} .*inference_runner_litert|WARNING: Logging before InitGoogle)")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,32 @@ def crop_face(frame: np.ndarray, face: Face, size: int, channels: int, margin: f
     return crop[:, :, None] if channels == 1 else crop
 
 
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hold back MediaPipe's native chatter written to file descriptor 2 meanwhile (see NATIVE_CHATTER); any other
+    line written there meanwhile (an error, a Python warning from another thread) is written out afterwards."""
+    fd = 2  # where native code writes, whatever sys.stderr is
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no file descriptor 2 (a windowed process): nothing to hold back
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines()
+                    if not NATIVE_CHATTER.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
 class FaceDetectorError(Exception):
     """The face detector could not be created."""
 
@@ -83,20 +117,24 @@ class FaceDetector:
         mode = vision.RunningMode.VIDEO if video_mode else vision.RunningMode.IMAGE
         options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(model_path)),
                                              running_mode=mode, min_detection_confidence=min_confidence)
-        self._detector = vision.FaceDetector.create_from_options(options)
+        with quiet_native_stderr():
+            self._detector = vision.FaceDetector.create_from_options(options)
         self._video_mode = video_mode
         self._last_ms = -1
+        self._first = True
 
     def detect(self, frame: np.ndarray, t_seconds: float = 0.0) -> list[Face]:
         """Faces in an RGB (H, W, 3) uint8 frame, largest first."""
         image = self._mp_image(image_format=self._image_format, data=np.ascontiguousarray(frame))
-        if self._video_mode:
-            # VIDEO mode needs strictly increasing timestamps in milliseconds.
-            ms = max(int(t_seconds * 1000), self._last_ms + 1)
-            self._last_ms = ms
-            result = self._detector.detect_for_video(image, ms)
-        else:
-            result = self._detector.detect(image)
+        with quiet_native_stderr() if self._first else contextlib.nullcontext():  # its first run has notes too
+            if self._video_mode:
+                # VIDEO mode needs strictly increasing timestamps in milliseconds.
+                ms = max(int(t_seconds * 1000), self._last_ms + 1)
+                self._last_ms = ms
+                result = self._detector.detect_for_video(image, ms)
+            else:
+                result = self._detector.detect(image)
+        self._first = False
         h, w = frame.shape[:2]
         faces = []
         for det in result.detections:
@@ -108,7 +146,8 @@ class FaceDetector:
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
     def close(self) -> None:
-        self._detector.close()
+        with quiet_native_stderr():
+            self._detector.close()
 
     def __enter__(self) -> "FaceDetector":
         return self

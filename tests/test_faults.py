@@ -223,3 +223,18 @@ def test_arguments_out_of_range_are_refused_before_anything_starts(command, args
     err = capsys.readouterr().err
     assert says.format(tmp=tmp_path) in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing was written
+
+
+def test_native_chatter_is_held_back_and_other_lines_written_out(capfd):
+    """What MediaPipe's runtime writes to file descriptor 2 while a detector starts is dropped; anything else
+    written there meanwhile comes out afterwards."""
+    import os
+
+    from avtca.app.faces import quiet_native_stderr
+
+    with quiet_native_stderr():
+        os.write(2, b"INFO: [environment.cc:36] Creating LiteRT environment with options\n")
+        os.write(2, b"W0000 00:00:1796626302.293502   23331 inference_runner_litert.cc:1433] Input tensor memory\n")
+        os.write(2, b"E0000 something failed\n")
+        os.write(2, b"a warning from elsewhere\n")
+    assert capfd.readouterr().err.splitlines() == ["E0000 something failed", "a warning from elsewhere"]

@@ -108,6 +108,9 @@ def test_import_live_without_display_runs_headless(tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
     assert "no display found" in result.stderr
     assert len(out.read_text().splitlines()) > 10
+    # The app's own lines alone: MediaPipe's runtime notes (LiteRT, XNNPACK, absl) are held back.
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("avtca-live: ") for line in lines), lines
 
 
 def test_ticks_through_the_models_parts_equal_the_full_model(tmp_path):
