@@ -437,7 +437,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=Path,
                    help="face stage: distil from this face-stage checkpoint; its probabilities for each training "
                         "image (mirror images averaged) become soft targets beside the labels")
-    p.add_argument("--teacher-weight", type=SHARE, default=0.5, help="share of the teacher's probabilities in the target")
+    p.add_argument("--teacher-weight", type=SHARE, default=0.5,
+                   help="share of the teacher's probabilities in the target")
     p.add_argument("--voice", action="append", metavar="DATASET=PATH", help="voice clips (repeatable)")
     p.add_argument("--av", action="append", metavar="DATASET=PATH", help="audio-video clips (repeatable)")
     p.add_argument("--split", default="live", help="named actor split: live, ravdess-reference")
@@ -451,9 +452,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.05)
     p.add_argument("--momentum", type=SHARE, default=0.9)
     p.add_argument("--dampening", type=SHARE, default=0.0)
-    p.add_argument("--milestones", type=epoch_list, help="step decay x0.1 at these epochs, e.g. 40,55,65,70 (default cosine)")
+    p.add_argument("--milestones", type=epoch_list,
+                   help="step decay x0.1 at these epochs, e.g. 40,55,65,70 (default cosine)")
     p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0)
-    p.add_argument("--pairs-per-voice", type=POSITIVE_INT, default=4, help="fusion: face pairings per voice clip per epoch")
+    p.add_argument("--pairs-per-voice", type=POSITIVE_INT, default=4,
+                   help="fusion: face pairings per voice clip per epoch")
     p.add_argument("--extra-faces", type=NON_NEGATIVE_INT, default=0,
                    help="fusion: face-only clips of any training face added to each batch of pairs")
     p.add_argument("--mixup", type=NON_NEGATIVE, default=0.0,

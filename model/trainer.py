@@ -156,8 +156,8 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
     train_module: nn.Module = module
     if world > 1:
         if stage.steps_per_epoch < world:
-            raise ValueError(f"{world} processes need at least {world} batches an epoch, and the {stage.name} stage has "
-                             f"{stage.steps_per_epoch}; start fewer processes or give it more data")
+            raise ValueError(f"{world} processes need at least {world} batches an epoch, and the {stage.name} stage "
+                             f"has {stage.steps_per_epoch}; start fewer processes or give it more data")
         train_module = nn.parallel.DistributedDataParallel(module)
     if compiled:
         train_module = torch.compile(train_module)
