@@ -91,8 +91,9 @@ def filter_actors(items: list[Item], actors: str | None) -> list[Item]:
     wanted = parse_actors(actors)
     chosen = [it for it in items if it.speaker.isdigit() and int(it.speaker) in wanted]
     if not chosen:
-        raise ValueError(f"none of the {len(items)} {items[0].dataset} files is by actors {actors}; the actors there "
-                         f"are {speakers_text(it.speaker for it in items)}")
+        files = f"{len(items)} {items[0].dataset} file{'s' if len(items) > 1 else ''}"
+        raise ValueError(f"none of the {files} is by actors {actors}; the actors there are "
+                         f"{speakers_text(it.speaker for it in items)}")
     return chosen
 
 
