@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..app.cli import POSITIVE_INT, output_file
-from ..app.modelfile import open_parts, read_model_info, session_options
+from ..app.modelfile import ModelFileError, open_parts, read_model_info, session_options
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
 from .card import cpu_name
 from .config import preset
@@ -406,8 +406,20 @@ def main(argv: list[str] | None = None) -> int:
                         "--threads CPU threads)")
     args = p.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        try:
+            figures = json.loads(args.markdown.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            print(f"avtca-bench: --markdown {args.markdown} is not a JSON file avtca-bench --json wrote ({e})",
+                  file=sys.stderr)
+            return 1
+        print(markdown(figures))
         return 0
+    if not args.face_stage:
+        try:  # before minutes of other benchmarks
+            read_model_info(args.model)
+        except ModelFileError as e:
+            print(f"avtca-bench: {e}", file=sys.stderr)
+            return 1
     if args.face_stage:
         if args.face_stage == "cuda" and not torch.cuda.is_available():
             print("avtca-bench: --face-stage cuda asked for, but this torch sees no CUDA device; use --face-stage cpu",

@@ -49,3 +49,14 @@ def test_face_stage_bench_on_cuda_without_a_gpu_says_so(capsys):
         pytest.skip("this machine has a CUDA device; the refusal is for machines without one")
     assert bench.main(["--face-stage", "cuda"]) == 2
     assert "sees no CUDA device; use --face-stage cpu" in capsys.readouterr().err
+
+
+def test_a_bad_model_or_figures_file_is_one_sentence_before_any_timing(tmp_path, capsys):
+    missing = tmp_path / "gone.onnx"
+    assert bench.main(["--quick", "--model", str(missing)]) == 1
+    out = capsys.readouterr()
+    assert f"avtca-bench: model file {missing} does not exist" in out.err and out.out == ""  # nothing was timed
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not json")
+    assert bench.main(["--markdown", str(notes)]) == 1
+    assert f"avtca-bench: --markdown {notes} is not a JSON file avtca-bench --json wrote" in capsys.readouterr().err
