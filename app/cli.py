@@ -82,3 +82,13 @@ def output_folder(text: str) -> Path:
     if blocked := _blocking(path):
         raise argparse.ArgumentTypeError(f"{blocked} is a file, so {text} cannot be made below it")
     return path
+
+
+def json_file(text: str) -> dict:
+    """A JSON file to read, parsed (e.g. figures avtca-eval or avtca-bench wrote)."""
+    import json
+
+    try:
+        return json.loads(Path(text).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{text} is not a readable JSON file ({e})") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..app.cli import POSITIVE_INT, output_file
+from ..app.cli import POSITIVE_INT, json_file, output_file
 from ..app.modelfile import ModelFileError, open_parts, read_model_info, session_options
 from ..app.paths import DEFAULT_MODEL, DEMO_CLIP
 from .card import cpu_name
@@ -400,19 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=POSITIVE_INT, default=200)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model the pipeline benchmark runs")
     p.add_argument("--clip", type=Path, default=PIPELINE_CLIP, help="a 640x360 face video for the pipeline")
-    p.add_argument("--markdown", type=Path, help="print the README table for a JSON written earlier, and exit")
+    p.add_argument("--markdown", type=json_file, metavar="JSON",
+                   help="print the README table for a JSON written earlier, and exit")
     p.add_argument("--face-stage", choices=["cpu", "cuda"],
                    help="time only the face stage's training step on this device (augmenting on the CPU and there; "
                         "--threads CPU threads)")
     args = p.parse_args(argv)
     if args.markdown:
-        try:
-            figures = json.loads(args.markdown.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            print(f"avtca-bench: --markdown {args.markdown} is not a JSON file avtca-bench --json wrote ({e})",
-                  file=sys.stderr)
-            return 1
-        print(markdown(figures))
+        print(markdown(args.markdown))
         return 0
     if not args.face_stage:
         try:  # before minutes of other benchmarks

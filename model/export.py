@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..app.cli import output_file
+from ..app.cli import json_file, output_file
 from ..app.modelfile import INPUT_NAMES, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAME, PARTS, open_model, training_gap
 from .checkpoint import git_commit, load_checkpoint, weights_sha256
 from .config import PRESETS, preset
@@ -308,11 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--init", choices=sorted(PRESETS), help="export a freshly initialised, UNTRAINED preset")
     parser.add_argument("-o", "--output", type=output_file, required=True, help="the .onnx file to write")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of MatMul/Gemm weights")
-    parser.add_argument("--eval-json", type=Path, help="avtca-eval JSON to record as the model's evaluation")
+    parser.add_argument("--eval-json", type=json_file, help="avtca-eval JSON to record as the model's evaluation")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --init")
     args = parser.parse_args(argv)
 
-    evaluation = json.loads(args.eval_json.read_text()) if args.eval_json else None
+    evaluation = args.eval_json
     try:
         if args.init:
             torch.manual_seed(args.seed)

@@ -58,5 +58,6 @@ def test_a_bad_model_or_figures_file_is_one_sentence_before_any_timing(tmp_path,
     assert f"avtca-bench: model file {missing} does not exist" in out.err and out.out == ""  # nothing was timed
     notes = tmp_path / "notes.txt"
     notes.write_text("not json")
-    assert bench.main(["--markdown", str(notes)]) == 1
-    assert f"avtca-bench: --markdown {notes} is not a JSON file avtca-bench --json wrote" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--markdown", str(notes)])
+    assert f"argument --markdown: {notes} is not a readable JSON file (Expecting value" in capsys.readouterr().err

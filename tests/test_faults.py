@@ -210,6 +210,8 @@ def test_no_portaudio_is_one_sentence(tmp_path):
     ("eval", ["--dataset", "crema-d", "--root", "{tmp}", "--json", "{tmp}/file/r.json"],
      "argument --json: {tmp}/file is a file, so {tmp}/file/r.json cannot be written below it"),
     ("export", ["--init", "live", "-o", "{tmp}"], "argument -o/--output: {tmp} is a folder; give a file name in it"),
+    ("export", ["--init", "live", "-o", "{tmp}/m.onnx", "--eval-json", "{tmp}/file"],
+     "argument --eval-json: {tmp}/file is not a readable JSON file (Expecting value"),
 ])
 def test_arguments_out_of_range_are_refused_before_anything_starts(command, args, says, tmp_path, capsys):
     from avtca.app import live
