@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 from ..app.cli import output_file
-from ..app.modelfile import read_model_info
+from ..app.modelfile import ModelFileError, read_model_info
 
 # (eval JSON file, what it measures, the avtca-eval command that wrote it; DATA is the data folder)
 EVALS = [
@@ -215,6 +216,10 @@ def render(model: Path, eval_dir: Path, runs: Path | None) -> str:
         raise SystemExit(f"{model} is untrained; the card for an untrained model is written by hand")
     mapping = meta["training"].get("label_mapping", {})
     evaluation, found = evaluation_section(eval_dir)
+    if not found:
+        files = ", ".join(f for f, _, _ in EVALS)
+        raise ValueError(f"{eval_dir} holds none of the evaluations a card reports ({files}); run make model-eval, "
+                         f"which writes them, or pass --eval-dir")
     crowd = ("\n- Evaluation only: FER+ crowd votes on FER2013 (Barsoum et al. 2016, Microsoft, MIT licence), 10 an "
              "image, to score\n  the face predictions against the crowd's majority as well as FER2013's own label."
              if any("ferplus_majority" in r for r in found.values()) else "")
@@ -263,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, help="where the run folders are when not at the --out of each stage's command")
     p.add_argument("-o", "--output", type=output_file, default=Path("exported/MODEL_CARD.md"))
     args = p.parse_args(argv)
-    args.output.write_text(render(args.model, args.eval_dir, args.runs))
+    try:
+        text = render(args.model, args.eval_dir, args.runs)
+    except (ModelFileError, ValueError) as e:
+        print(f"python -m avtca.model.card: {e}", file=sys.stderr)
+        return 1
+    args.output.write_text(text)
     print(f"wrote {args.output}")
     return 0
 

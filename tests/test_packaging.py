@@ -158,3 +158,20 @@ def test_model_card_names_the_face_args_a_face_command_used():
     text = training_section({"training": {"stages": stages}}, runs=None)
     assert ('ran on a lent GPU; `make model FACE_ARGS="--compile --set stem_pool_stride=1"` runs the recipe on the '
             'CPU alone)') in text
+
+
+def test_model_card_refuses_a_card_without_evaluations_or_model(tmp_path, capsys):
+    from avtca.model.card import main
+
+    (tmp_path / "empty").mkdir()
+    card = tmp_path / "card.md"
+    assert main(["--model", str(paths.DEFAULT_MODEL), "--eval-dir", str(tmp_path / "empty"), "-o", str(card)]) == 1
+    assert (f"{tmp_path / 'empty'} holds none of the evaluations a card reports (fer2013_publictest.json, "
+            "ravdess_17-20.json") in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "gone.onnx"), "-o", str(card)]) == 1
+    assert f"model file {tmp_path / 'gone.onnx'} does not exist" in capsys.readouterr().err
+    assert not card.exists()
+    # The shipped model and its evaluations make the card.
+    assert main(["--model", str(paths.DEFAULT_MODEL), "--eval-dir", str(paths.EXPORTED_DIR / "eval"), "-o",
+                 str(card)]) == 0
+    assert "| input | accuracy | macro-F1 | UAR | n |" in card.read_text()
