@@ -84,10 +84,15 @@ def build(args) -> tuple[Runner, object, object]:
 
 
 def run_headless(args) -> int:
-    runner, info, provider = build(args)
+    writer = JsonlWriter(args.out) if args.out else None  # before the devices open: a bad path costs nothing
+    try:
+        runner, info, provider = build(args)
+    except BaseException:
+        if writer:
+            writer.close()
+        raise
     say(f"model {args.model} ({info.preset}, {len(info.labels)} labels) on {provider}; "
         f"{'fast' if args.fast else 'real time'}, {args.tick_hz:g} Hz ticks")
-    writer = JsonlWriter(args.out) if args.out else None
     runner.on_result = writer if writer else (lambda r: print(json.dumps(r.record()), flush=True))
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: (interrupted.set(), runner.stop_event.set()))

@@ -53,8 +53,12 @@ class JsonlWriter:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("w")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = self.path.open("w")
+        except OSError as e:
+            raise MediaError(f"cannot write predictions to {path} ({e.strerror or e}); choose a file in a folder you "
+                             f"can write to") from None
         self._lock = threading.Lock()
 
     def __call__(self, result: Result) -> None:

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (  # noqa: E402
 )
 
 from .capture import camera_names, list_microphones, DeviceError  # noqa: E402
+from .media import MediaError  # noqa: E402
 from .pipeline import Result  # noqa: E402
 from .runner import JsonlWriter, Runner  # noqa: E402
 
@@ -82,6 +83,7 @@ class MainWindow(QMainWindow):
         self._paint_times: deque[float] = deque(maxlen=60)
         self.history: deque[tuple[float, dict | None]] = deque()
         self.recorder: JsonlWriter | None = None
+        self.record_error: str | None = None
         self._build_ui()
         self._attach(runner)
         self.timer = QTimer(self)
@@ -190,6 +192,8 @@ class MainWindow(QMainWindow):
             parts.append(f"<span style='color:#c00'>{fault}</span>")
         if self.recorder is not None:
             parts.append(f"recording to {self.recorder.path}")
+        if self.record_error:
+            parts.append(f"<span style='color:#c00'>{self.record_error}</span>")
         self.status.setText(" | ".join(parts))
 
     def paint_frame(self) -> None:
@@ -225,7 +229,13 @@ class MainWindow(QMainWindow):
             self.stop_recording()
 
     def start_recording(self, path: Path) -> None:
-        self.recorder = JsonlWriter(path)
+        try:
+            self.recorder = JsonlWriter(path)
+        except MediaError as e:  # the dialog let the user pick a place that cannot be written
+            self.record_error = str(e)  # shown in the status line until the next recording starts
+            self.update_status()
+            return
+        self.record_error = None
         self.record_button.setText("Stop recording")
 
     def stop_recording(self) -> None:

@@ -240,3 +240,10 @@ def test_native_chatter_is_held_back_and_other_lines_written_out(capfd):
         os.write(2, b"E0000 something failed\n")
         os.write(2, b"a warning from elsewhere\n")
     assert capfd.readouterr().err.splitlines() == ["E0000 something failed", "a warning from elsewhere"]
+
+
+def test_out_file_that_cannot_be_written_is_said_before_the_devices_open():
+    result = run_live("--source", str(DEMO_CLIP), "--fast", "--out", "/proc/avtca/run.jsonl")
+    assert result.returncode == 1
+    assert_one_clear_error(result, "avtca-live: cannot write predictions to /proc/avtca/run.jsonl (")
+    assert "model " not in result.stderr  # nothing was opened first

@@ -50,5 +50,12 @@ def test_window_updates_records_and_closes(tmp_path: Path):
     window.stop_recording()
     recorded = [json.loads(x) for x in (tmp_path / "rec.jsonl").read_text().splitlines()]
     assert len(recorded) >= 10 and {"t", "fused", "voice", "face", "top", "latency_ms"} <= set(recorded[0])
+    # A place that cannot be written: the status line says so, and the window goes on.
+    (tmp_path / "file").write_text("")
+    window.start_recording(tmp_path / "file" / "rec.jsonl")
+    pump(app, 0.5)
+    assert window.recorder is None and window.record_button.text() == "Start recording"
+    assert f"cannot write predictions to {tmp_path / 'file' / 'rec.jsonl'}" in window.status.text()
+    assert runner.error is None
     window.close()
     assert runner.done.is_set() and runner.source.finished.is_set()  # worker and source stopped
