@@ -241,13 +241,16 @@ class DeviceSource(Source):
         self.notes: list[str] = []
         if camera is not None:
             self.frames = camera.frames
+        mic_error = "not asked for"
         if use_mic:
             try:
                 self.mic = MicSource(self, mic_spec)
             except DeviceError as e:
+                mic_error = str(e)
                 self.notes.append(f"{e}; running on video alone")
         if camera is None and self.mic is None:
-            raise DeviceError("neither a camera nor a microphone could be opened; play a file with --source FILE")
+            raise DeviceError(f"neither a camera nor a microphone could be opened (the microphone: {mic_error}); play "
+                              f"a file with --source FILE")
 
     def start(self) -> None:
         if self.camera is not None:

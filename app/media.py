@@ -20,7 +20,8 @@ def _open(path: Path):
 
     path = Path(path)
     if not path.is_file():
-        raise MediaError(f"media file {path} does not exist")
+        raise MediaError(f"media file {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a video or "
+                         f"audio file")
     try:
         return av.open(str(path))
     except Exception as e:  # PyAV raises InvalidDataError, OSError, ... for unreadable input

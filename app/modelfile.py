@@ -115,7 +115,8 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist; pass --model PATH or export one with avtca-export")
+        raise ModelFileError(f"model file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass --model "
+                             f"PATH or export one with avtca-export")
     try:
         session = ort.InferenceSession(str(path), session_options(threads),
                                        providers=providers or ["CPUExecutionProvider"])

@@ -69,7 +69,8 @@ def load_checkpoint(path: Path) -> tuple[AVTCA, dict]:
     """(model in eval mode, the raw checkpoint dict); a clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with avtca-train or pass another path")
+        raise FileNotFoundError(f"checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; train one "
+                                f"with avtca-train or pass another path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for a damaged file

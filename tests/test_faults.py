@@ -62,9 +62,10 @@ def write_audio_only(src: Path, dst: Path) -> Path:
 
 
 def test_no_camera_and_no_microphone_say_so():
-    result = run_live("--camera", "7")
+    result = run_live("--camera", "7", "--mic", "no-such-microphone")
     assert result.returncode == 1
-    assert_one_clear_error(result, "no camera could be opened at 7", "neither a camera nor a microphone")
+    assert_one_clear_error(result, "no camera could be opened at 7", "neither a camera nor a microphone could be "
+                           "opened (the microphone: no microphone matching 'no-such-microphone'")
 
 
 def test_no_camera_falls_back_to_the_demo_clip():
@@ -128,13 +129,17 @@ def test_missing_file(tmp_path):
     result = run_live("--fast", "--source", str(tmp_path / "nope.mp4"))
     assert result.returncode == 1
     assert_one_clear_error(result, "does not exist")
+    result = run_live("--fast", "--source", str(tmp_path))
+    assert result.returncode == 1
+    assert_one_clear_error(result, f"media file {tmp_path} is a folder; give a video or audio file")
 
 
 def test_bad_model_files(tmp_path):
     clip = str(shared("crema-d", "VideoFlash", "1001_DFA_NEU_XX.flv"))
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(DEFAULT_MODEL.read_bytes()[:100_000])
-    for path, phrase in ((tmp_path / "missing.onnx", "does not exist"), (corrupt, "not a readable ONNX model")):
+    for path, phrase in ((tmp_path / "missing.onnx", "does not exist"), (corrupt, "not a readable ONNX model"),
+                         (tmp_path, "is a folder; pass --model PATH")):
         result = run_live("--fast", "--source", clip, "--model", str(path))
         assert result.returncode == 1
         assert_one_clear_error(result, str(path), phrase)
