@@ -153,7 +153,14 @@ class CameraSource(Source):
 
         self._cv2 = cv2
         self.index = resolve_camera(spec)
-        self._cap = cv2.VideoCapture(self.index)
+        # Opening, OpenCV logs every backend it tried, ten lines for one missing camera; the sentence below says what
+        # matters.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            self._cap = cv2.VideoCapture(self.index)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self._cap.isOpened():
             self._cap.release()
             raise DeviceError(f"no camera could be opened at {self.index}; connect one, pick another with "

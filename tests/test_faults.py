@@ -73,6 +73,11 @@ def test_no_camera_falls_back_to_the_demo_clip():
     source = open_source(None, None, None, 16000, True, DEMO_CLIP, messages.append)
     assert isinstance(source, FileSource) and source.path == DEMO_CLIP
     assert "Playing the bundled demo clip" in messages[0]
+    # From the command line: its own sentences alone, not OpenCV's log of each backend it tried.
+    result = run_live("--seconds", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if not line.startswith('{"summary"')]
+    assert lines and all(line.startswith("avtca-live: ") for line in lines), lines
 
 
 def test_camera_that_stops_mid_run_leaves_the_pipeline_running(tmp_path):
