@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,11 @@ def epoch_list(text: str) -> str:
     return text
 
 
+def not_a_file(path: Path) -> str:
+    """Why a path to read is not a file, for a sentence: 'is a folder' or 'does not exist'."""
+    return "is a folder" if Path(path).is_dir() else "does not exist"
+
+
 def _blocking(path: Path) -> Path | None:
     """The nearest of `path`'s parents that exists and is not a folder (so nothing can be written below it)."""
     for parent in path.parents:
@@ -86,8 +92,6 @@ def output_folder(text: str) -> Path:
 
 def json_file(text: str) -> dict:
     """A JSON file to read, parsed (e.g. figures avtca-eval or avtca-bench wrote)."""
-    import json
-
     try:
         return json.loads(Path(text).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:

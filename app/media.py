@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import not_a_file
+
 
 class MediaError(Exception):
     """A media file that cannot be opened or lacks the track asked for."""
@@ -20,8 +22,7 @@ def _open(path: Path):
 
     path = Path(path)
     if not path.is_file():
-        raise MediaError(f"media file {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a video or "
-                         f"audio file")
+        raise MediaError(f"media file {path} {not_a_file(path)}; give a video or audio file")
     try:
         return av.open(str(path))
     except Exception as e:  # PyAV raises InvalidDataError, OSError, ... for unreadable input

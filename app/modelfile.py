@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import not_a_file
+
 METADATA_KEY = "avtca"  # metadata_props key whose value is the model's JSON description
 METADATA_FORMAT = "avtca-onnx/1"
 INPUT_NAMES = ("audio", "faces", "presence")
@@ -115,8 +117,8 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass --model "
-                             f"PATH or export one with avtca-export")
+        raise ModelFileError(f"model file {path} {not_a_file(path)}; pass --model PATH or export one with "
+                             f"avtca-export")
     try:
         session = ort.InferenceSession(str(path), session_options(threads),
                                        providers=providers or ["CPUExecutionProvider"])

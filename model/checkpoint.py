@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..app.cli import not_a_file
 from .config import AVTCAConfig
 from .network import AVTCA
 
@@ -69,8 +70,8 @@ def load_checkpoint(path: Path) -> tuple[AVTCA, dict]:
     """(model in eval mode, the raw checkpoint dict); a clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; train one "
-                                f"with avtca-train or pass another path")
+        raise FileNotFoundError(f"checkpoint {path} {not_a_file(path)}; train one with avtca-train or pass another "
+                                f"path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for a damaged file

@@ -256,6 +256,17 @@ def read_dataset(name: str, root: Path, **kwargs) -> ReadReport:
     return report
 
 
+def split_indices(items: list[Item], split: str, where: str, hint: str = "") -> list[int]:
+    """Indices of the items in the dataset's own `split` (FER2013: train, test, private); ValueError naming the
+    splits there are when none is (`where`: the folders read; `hint`: what the caller needs, appended)."""
+    idx = [i for i, it in enumerate(items) if it.split == split]
+    if not idx:
+        there = ", ".join(sorted({it.split for it in items}))
+        raise ValueError(f"none of the {len(items)} face images under {where} is in the {split} split (the splits "
+                         f"there: {there}){'; ' + hint if hint else ''}")
+    return idx
+
+
 def speakers_text(speakers) -> str:
     """Speaker IDs for a sentence, runs of numbers as ranges: '01-16, 18', '1001-1091', 'OAF, YAF'."""
     ids = sorted(set(speakers), key=lambda s: (not s.isdigit(), len(s), s))

@@ -22,7 +22,7 @@ from ..app.cli import NON_NEGATIVE_INT, output_file, output_folder
 from ..app.modelfile import ModelFileError, open_model
 from .cache import copies_of, load_audio_clips, load_face_images
 from .datasets import (Item, ferplus_key, ferplus_majority, read_dataset, read_ferplus_votes, require_items,
-                       speakers_text)
+                       speakers_text, split_indices)
 from .labels import map_label, mapping_table
 from .metrics import format_line, summarise
 from .splits import pair_indices, parse_actors
@@ -121,12 +121,8 @@ def fer_images(pred: Predictor, root: Path, split: str) -> FaceImages:
     """FER2013-style folders: the images of `split`, with the exact pixel duplicates of training images set apart,
     and notes on what was set apart or skipped."""
     items, ys, dropped = _mapped(read_dataset("fer2013", root).items, pred.labels)
-    test = [i for i, it in enumerate(items) if it.split == split]
+    test = split_indices(items, split, str(root))
     train = [i for i, it in enumerate(items) if it.split == "train"]
-    if not test:
-        there = ", ".join(sorted({it.split for it in items}))
-        raise ValueError(f"none of the {len(items)} FER2013 images under {root} is in the {split} split; the splits "
-                         f"there are {there}")
     crops, kept, skipped = load_face_images([items[i] for i in test], pred.face_size, pred.face_channels)
     require_items(len(kept), len(test), f"FER2013 {split} images", skipped)
     scored = [items[test[k]] for k in kept]

@@ -29,7 +29,8 @@ from .cache import cache_dir, copies_of, load_audio_clips, load_face_images
 from .card import machine
 from .checkpoint import load_checkpoint, provenance, save_checkpoint
 from .config import PRESETS, parse_overrides, preset
-from .datasets import Item, ferplus_key, read_dataset, read_ferplus_votes, require_items, speakers_text
+from .datasets import (Item, ferplus_key, read_dataset, read_ferplus_votes, require_items, speakers_text,
+                       split_indices)
 from .labels import map_label, mapping_table
 from .network import AVTCA, count_parameters
 from .splits import by_actors, kfold_by_actor, named_split, parse_actors, random_split
@@ -121,14 +122,8 @@ def face_data(args, cfg) -> tuple[FaceData, dict]:
     items = [it for name, root in sources for it in read_dataset(name, root).items]
     items, ys, dropped = labelled(items, cfg.labels)
     require_items(len(items), sum(dropped.values()), "face images", dropped, use="used")
-    train = [i for i, it in enumerate(items) if it.split == "train"]
-    val = [i for i, it in enumerate(items) if it.split == "test"]
-    for part, idx in (("train", train), ("test", val)):
-        if not idx:
-            roots = ", ".join(str(r) for _, r in sources)
-            there = ", ".join(sorted({it.split for it in items}))
-            raise ValueError(f"none of the {len(items)} face images under {roots} is in the {part} split (the splits "
-                             f"there: {there}); the face stage trains on train and validates on test")
+    roots, hint = ", ".join(str(r) for _, r in sources), "the face stage trains on train and validates on test"
+    train, val = (split_indices(items, part, roots, hint) for part in ("train", "test"))
     train, val = limit_idx(train, args.max_items, args.seed), limit_idx(val, args.max_items, args.seed)
     tr, tr_kept, tr_skip = load_face_images([items[i] for i in train], cfg.face_size, cfg.face_channels)
     va, va_kept, va_skip = load_face_images([items[i] for i in val], cfg.face_size, cfg.face_channels)

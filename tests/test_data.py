@@ -364,7 +364,7 @@ def test_evaluation_refuses_to_score_nothing(tmp_path, capsys, speech: np.ndarra
     assert ("none of the 1200 ravdess files is by actors 30-33; the actors there are 01-20"
             in capsys.readouterr().err)
     assert main([*model, "--dataset", "fer2013", "--root", str(shared("fer2013", "train")), "--split", "test"]) == 1
-    assert "is in the test split; the splits there are train" in capsys.readouterr().err
+    assert "is in the test split (the splits there: train)" in capsys.readouterr().err
     # Clips that are all unreadable or silent: each reason counted, no figure printed.
     root = tmp_path / "Actor_21"
     write_wav(root / "03-01-06-01-01-01-21.wav", np.zeros(16000))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ from avtca.app.modelfile import open_model
 from avtca.app.paths import DEFAULT_MODEL, DEMO_CLIP
 from avtca.app.pipeline import Engine
 
-from conftest import shared
+from conftest import LITERT_ALIGNMENT, shared
 
 
 def run_live(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -67,10 +66,6 @@ def test_no_camera_and_no_microphone_say_so():
     assert result.returncode == 1
     assert_one_clear_error(result, "no camera could be opened at 7", "neither a camera nor a microphone could be "
                            "opened (the microphone: no microphone matching 'no-such-microphone'")
-
-
-# LiteRT's warning that an input was not aligned, which may come on any detection (see test_live.py).
-LITERT_ALIGNMENT = re.compile(r"^WARNING: Logging before InitGoogle|inference_runner_litert.*not aligned")
 
 
 def test_no_camera_falls_back_to_the_demo_clip():

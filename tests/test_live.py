@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from avtca.app.media import video_info
 from avtca.app.paths import DEMO_CLIP
 from avtca.app.pipeline import clip_times
 
-from conftest import shared
+from conftest import LITERT_ALIGNMENT, shared
 
 
 def run_headless(tmp_path: Path, source: Path, *extra: str) -> tuple[int, list[dict]]:
@@ -98,9 +97,6 @@ def test_audio_ring_windows_are_aligned_by_time():
     assert np.array_equal(old, np.zeros(500, np.float32))
     assert np.array_equal(window_ending_at(signal, 100, 150)[:50], np.zeros(50))
     assert frame_times(3.0, 3.0, 3) == pytest.approx([0.5, 1.5, 2.5])
-
-
-LITERT_ALIGNMENT = re.compile(r"^WARNING: Logging before InitGoogle|inference_runner_litert.*not aligned")
 
 
 def test_import_live_without_display_runs_headless(tmp_path):
