@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--face-root", type=Path, help="paired: FER2013 folders")
     p.add_argument("--voice-root", type=Path, help="paired: voice dataset folder")
     p.add_argument("--voice-dataset", default="ravdess", help="paired: which reader the voice root needs")
-    p.add_argument("--seed", type=int, default=PAIR_SEED, help="paired: pairing seed")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=PAIR_SEED, help="paired: pairing seed")
     p.add_argument("--per-item", action="store_true", help="print each file's prediction")
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="ONNX Runtime threads (0: its default)")
     p.add_argument("--json", type=output_file, help="write the figures here")

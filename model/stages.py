@@ -43,6 +43,32 @@ def batch_starts(n: int, batch: int) -> range:
     return range(0, max(n - batch + 1, 1 if n else 0), batch)
 
 
+Share = tuple[int, int]  # (rank, world size): which of a torchrun job's processes builds batches, of how many
+ALONE: Share = (0, 1)
+
+
+def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, np.random.Generator]:
+    """The random draws every process shares in an epoch (the order of the items, the pairing)."""
+    return torch.Generator().manual_seed(seed * 1000 + epoch), np.random.default_rng(seed * 1000 + epoch)
+
+
+def my_batches(starts: range, seed: int, epoch: int,
+               share: Share) -> Iterator[tuple[int, torch.Generator, np.random.Generator]]:
+    """(start, torch generator, numpy generator) of each batch of an epoch this process builds.
+
+    Under torchrun, process `rank` of `world` builds the rank-th batch of each run of `world` consecutive batches
+    and no other; a last, shorter run is left out, so that every process takes as many steps (each step's
+    gradient all-reduce waits for all of them: one extra step on one process would hang the job). Each batch draws
+    from generators of its own, seeded by (seed, epoch, batch number), so a batch holds the same data and the same
+    augmentation whichever process builds it and whatever the others build."""
+    rank, world = share
+    count = len(starts) if world == 1 else len(starts) // world * world
+    for k in range(rank, count, world):
+        torch_seed, numpy_seed = np.random.SeedSequence([seed, epoch, k]).generate_state(2, np.uint64)
+        yield (starts[k], torch.Generator().manual_seed(int(torch_seed) >> 1),
+               np.random.default_rng(int(numpy_seed)))
+
+
 def to_pixels(crops: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """(N, H, W, C) uint8 -> (N, C, H, W) float pixels in [0, 255] on `device` (the crops travel as uint8)."""
     return torch.from_numpy(crops).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
@@ -86,16 +112,16 @@ class FaceData:
 
 
 def face_batches(data: FaceData, epoch: int, seed: int, classes: int = 0, mixup: float = 0.0,
-                 device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Batches of augmented face images, labels and soft targets (FER+ votes, or None). With mixup > 0 (and
-    `classes`), each image is mixed with another of the batch as in `voice_batches`, and so are the targets.
+                 device: str | torch.device = "cpu", share: Share = ALONE,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """This process's batches (`my_batches`) of augmented face images, labels and soft targets (FER+ votes, or
+    None). With mixup > 0 (and `classes`), each image is mixed with another of the batch as in `voice_batches`,
+    and so are the targets.
 
     The images are augmented on `device` (the crops travel there as uint8); the random draws are the same on
     any device."""
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    rng = np.random.default_rng(seed * 1000 + epoch)
-    order = torch.randperm(len(data.train), generator=g).numpy()
-    for i in batch_starts(len(order), FACE_BATCH):
+    order = torch.randperm(len(data.train), generator=epoch_generators(seed, epoch)[0]).numpy()
+    for i, g, rng in my_batches(batch_starts(len(order), FACE_BATCH), seed, epoch, share):
         idx = np.sort(order[i:i + FACE_BATCH])
         pixels = augment_faces(to_pixels(data.train[idx], device), g)
         y = torch.from_numpy(data.train_y[idx])
@@ -291,13 +317,12 @@ def mixup_draw(y: torch.Tensor, classes: int, alpha: float, rng: np.random.Gener
 
 
 def voice_batches(data: VoiceData, length: int, epoch: int, seed: int, classes: int = 0,
-                  mixup: float = 0.0) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches of augmented voice windows and labels. With mixup > 0 (and `classes`), each window is mixed with
-    another of the batch, weight lambda ~ Beta(mixup, mixup), and the batch carries the mixed soft targets."""
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    rng = np.random.default_rng(seed * 1000 + epoch)
-    order = torch.randperm(len(data.train), generator=g).numpy()
-    for i in batch_starts(len(order), CLIP_BATCH):
+                  mixup: float = 0.0, share: Share = ALONE) -> Iterator[tuple[torch.Tensor, ...]]:
+    """This process's batches (`my_batches`) of augmented voice windows and labels. With mixup > 0 (and
+    `classes`), each window is mixed with another of the batch, weight lambda ~ Beta(mixup, mixup), and the batch
+    carries the mixed soft targets."""
+    order = torch.randperm(len(data.train), generator=epoch_generators(seed, epoch)[0]).numpy()
+    for i, g, rng in my_batches(batch_starts(len(order), CLIP_BATCH), seed, epoch, share):
         idx = order[i:i + CLIP_BATCH]
         audio, y = train_windows(data.train, idx, length, g), torch.from_numpy(data.train_y[idx])
         if mixup <= 0:
@@ -347,8 +372,9 @@ def clip_from_views(views: np.ndarray, frames: int, g: torch.Generator) -> torch
 
 
 def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int, seed: int,
-                 extra_faces: int = 0, mixup: float = 0.0) -> Iterator[tuple[torch.Tensor | None, ...]]:
-    """Batches of same-label (voice, face) pairs, each four times over with the modality dropout presences,
+                 extra_faces: int = 0, mixup: float = 0.0,
+                 share: Share = ALONE) -> Iterator[tuple[torch.Tensor | None, ...]]:
+    """This process's batches (`my_batches`) of same-label (voice, face) pairs, each four times over with the modality dropout presences,
     plus `extra_faces` face-only clips of any training faces: the faces paired with voices are few (a few
     thousand per epoch), and without the extras the face path forgets what the face CNN knew.
 
@@ -356,14 +382,13 @@ def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int,
     lambda ~ Beta(mixup, mixup), and the batch carries the mixed soft targets.
     Batches: (audio, embeddings, presence, y, soft targets or None, extra face clips or None, their y or None)."""
     cfg = model.cfg
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    rng = np.random.default_rng(seed * 1000 + epoch)
+    epoch_rng = epoch_generators(seed, epoch)[1]
     voice_idx = np.tile(np.arange(len(data.voice.train)), pairs_per_voice)
-    rng.shuffle(voice_idx)
-    face_idx = pair_indices(data.voice.train_y[voice_idx], data.face_y, rng)
+    epoch_rng.shuffle(voice_idx)
+    face_idx = pair_indices(data.voice.train_y[voice_idx], data.face_y, epoch_rng)
     keep = face_idx >= 0
     voice_idx, face_idx = voice_idx[keep], face_idx[keep]
-    for i in batch_starts(len(voice_idx), CLIP_BATCH):
+    for i, g, rng in my_batches(batch_starts(len(voice_idx), CLIP_BATCH), seed, epoch, share):
         vi, fi = voice_idx[i:i + CLIP_BATCH], face_idx[i:i + CLIP_BATCH]
         audio = train_windows(data.voice.train, vi, cfg.window_samples, g)
         emb = torch.stack([clip_from_views(data.face_emb[j], cfg.frames, g) for j in fi])
@@ -455,11 +480,12 @@ class FullModel(nn.Module):
         return self.model.logits_from_embeddings(audio, emb, presence)
 
 
-def clip_batches(data: ClipData, model: AVTCA, epoch: int, seed: int) -> Iterator[tuple]:
+def clip_batches(data: ClipData, model: AVTCA, epoch: int, seed: int, share: Share = ALONE) -> Iterator[tuple]:
+    """This process's batches (`my_batches`) of augmented audio-video clips, each four times over with the
+    modality dropout presences."""
     cfg = model.cfg
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(len(data.train_y), generator=g).numpy()
-    for i in batch_starts(len(order), CLIP_BATCH):
+    order = torch.randperm(len(data.train_y), generator=epoch_generators(seed, epoch)[0]).numpy()
+    for i, g, _ in my_batches(batch_starts(len(order), CLIP_BATCH), seed, epoch, share):
         idx = order[i:i + CLIP_BATCH]
         audio = train_windows(data.train_audio, idx, cfg.window_samples, g)
         faces = data.train_faces[idx]  # (B, T, H, W, C)

@@ -305,7 +305,8 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         data, info = face_data(args, cfg)
         module = FrameClassifier(model).to(memory_format=torch.channels_last)
         validate = lambda: summarise(data.val_y, face_predict(module, data.val), cfg.labels)  # noqa: E731
-        batches = lambda e: face_batches(data, e, seed, cfg.num_classes, args.mixup, args.device)  # noqa: E731
+        batches = lambda e, share: face_batches(data, e, seed, cfg.num_classes, args.mixup, args.device,  # noqa: E731
+                                                 share)
         return Stage("face", module, batches, face_loss, validate, None, cfg.labels,
                      max(len(data.train) // FACE_BATCH, 1), validates_on_device=True), info
     if args.stage == "voice":
@@ -319,7 +320,8 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
             return summarise(data.val_y, pred, cfg.labels)
 
         loss = lambda m, b: face_loss(m, b)  # noqa: E731  (same cross-entropy on (input, target) batches)
-        batches = lambda e: voice_batches(data, cfg.window_samples, e, seed, cfg.num_classes, args.mixup)  # noqa: E731
+        batches = lambda e, share: voice_batches(data, cfg.window_samples, e, seed, cfg.num_classes,  # noqa: E731
+                                                  args.mixup, share)
         return Stage("voice", module, batches, loss, validate, None,
                      cfg.labels, max(len(data.train) // CLIP_BATCH, 1)), info
     if args.stage == "fusion":
@@ -334,8 +336,8 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
         data = PairData(voices, emb, faces.train_y, val_emb, faces.val_y)
         module = FusionHead(model)
 
-        def batches(epoch: int):
-            return pair_batches(data, model, args.pairs_per_voice, epoch, seed, args.extra_faces, args.mixup)
+        def batches(epoch: int, share: tuple[int, int]):
+            return pair_batches(data, model, args.pairs_per_voice, epoch, seed, args.extra_faces, args.mixup, share)
 
         steps = max(len(voices.train) * args.pairs_per_voice // CLIP_BATCH, 1)
         return Stage("fusion", module, batches, fusion_loss, lambda: fusion_validate(module, data, seed), None,
@@ -343,7 +345,7 @@ def make_stage(args, model: AVTCA) -> tuple[Stage, dict]:
     if args.stage == "av":
         data, info = clip_data(args, cfg)
         module = FullModel(model)
-        return Stage("av", module, lambda e: clip_batches(data, model, e, seed), fusion_loss,
+        return Stage("av", module, lambda e, share: clip_batches(data, model, e, seed, share), fusion_loss,
                      lambda: clip_validate(model, data), None, cfg.labels, max(len(data.train_y) // CLIP_BATCH, 1)), info
     raise SystemExit(f"avtca-train: unknown stage {args.stage!r}")
 
@@ -465,7 +467,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-average", action="store_true",
                    help="at inference, average each face crop's embedding with its mirror image's (kept in the "
                         "checkpoint and the export; twice the per-frame cost)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast where the device has bf16 kernels (a GPU, or a CPU with AVX512 or AMX); "

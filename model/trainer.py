@@ -82,18 +82,6 @@ def is_main(rank: int) -> bool:
     return rank == 0
 
 
-def rank_share(batches: Iterator[tuple], rank: int, world: int) -> Iterator[tuple]:
-    """This rank's batches of an epoch: the rank-th of each run of `world` consecutive batches. A last, shorter run
-    is dropped, so that every rank takes as many steps as the others: each step's gradient all-reduce waits for
-    every rank, and one extra step on one rank would hang the job."""
-    mine = None
-    for i, batch in enumerate(batches):
-        if i % world == rank:
-            mine = batch
-        if i % world == world - 1:
-            yield mine
-
-
 def average_buffers(module: nn.Module, world: int) -> None:
     """Average floating buffers (BatchNorm running statistics) over ranks: DDP syncs gradients, not these,
     and each rank saw different batches."""
@@ -111,7 +99,7 @@ class Stage:
 
     name: str
     module: nn.Module  # parameters with requires_grad are optimised
-    batches: Callable[[int], Iterator[tuple]]  # epoch -> iterator of batches (same on every rank)
+    batches: Callable[[int, tuple[int, int]], Iterator[tuple]]  # (epoch, (rank, world)) -> this rank's batches
     loss: Callable[[nn.Module, tuple], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> loss, logits, targets
     validate: Callable[[], dict]  # -> metrics.summarise output
     save: Callable[[Path, torch.optim.Optimizer, dict], None]  # write a checkpoint (path, optimizer, extra)
@@ -182,8 +170,7 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
         module.train()
         t0 = time.time()
         total_loss = total_correct = total_n = 0.0
-        batches = rank_share(stage.batches(epoch), rank, world)
-        bar = tqdm(batches, total=stage.steps_per_epoch // world, desc=f"[{stage.name}] epoch {epoch + 1}/{epochs}",
+        bar = tqdm(stage.batches(epoch, (rank, world)), total=stage.steps_per_epoch // world, desc=f"[{stage.name}] epoch {epoch + 1}/{epochs}",
                    disable=not (progress and is_main(rank)), leave=False, mininterval=2.0)
         for step, batch in enumerate(bar):
             for group in optimizer.param_groups:

@@ -151,13 +151,48 @@ def test_ddp_refuses_fewer_batches_than_processes(tmp_path):
     assert not (tmp_path / "ddp" / "last.pt").exists()
 
 
-def test_rank_share_gives_each_rank_as_many_batches():
-    from avtca.model.trainer import rank_share
+def test_each_process_builds_its_own_batches_and_only_those(monkeypatch):
+    """Under torchrun a rank builds the rank-th batch of each run of `world` batches and no other (a short last run
+    is left out on every rank), and each batch holds what one process alone builds at that place: the same items,
+    augmentation and pairing."""
+    from avtca.model.config import preset
+    from avtca.model.network import AVTCA
+    from avtca.model.stages import FaceData, PairData, VoiceData, face_batches, my_batches, pair_batches
 
-    shares = [list(rank_share(iter(range(8)), rank, 3)) for rank in range(3)]
-    assert shares == [[0, 3], [1, 4], [2, 5]]  # 6 and 7 make a short last run: left out on every rank
-    assert list(rank_share(iter(range(5)), 0, 1)) == [0, 1, 2, 3, 4]
-    assert [list(rank_share(iter(range(1)), rank, 2)) for rank in range(2)] == [[], []]
+    starts = range(0, 80, 10)  # 8 batches
+    assert [[s for s, *_ in my_batches(starts, 0, 0, (rank, 3))] for rank in range(3)] == [[0, 30], [10, 40], [20, 50]]
+    assert [s for s, *_ in my_batches(range(0, 50, 10), 0, 0, (0, 1))] == [0, 10, 20, 30, 40]
+    assert [list(my_batches(range(1), 0, 0, (rank, 2))) for rank in range(2)] == [[], []]
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5 * 128 + 7, 16, 16, 1), dtype=np.uint8)
+    faces = FaceData(images, np.arange(len(images)) % 7, images[:0], np.zeros(0, np.int64))
+    torch.manual_seed(0)
+    model = AVTCA(preset("live"))
+    cfg = model.cfg
+    voices = VoiceData([rng.standard_normal(cfg.window_samples + 500).astype(np.float32) * 0.1 for _ in range(14)],
+                       np.arange(14) % 7, [], np.zeros(0, np.int64))
+    emb = rng.standard_normal((21, 3, model.face_encoder.out_features)).astype(np.float16)
+    pairs = PairData(voices, emb, np.arange(21) % 7, emb[:, 0], np.arange(21) % 7)
+    builders = {"faces": lambda share: face_batches(faces, 2, 4, 7, 0.2, share=share),
+                "pairs": lambda share: pair_batches(pairs, model, 16, 2, 4, extra_faces=5, mixup=0.4, share=share)}
+    from avtca.model import stages
+
+    built = []  # one entry per batch whose pixels or voice windows a process computed
+    for helper in ("augment_faces", "train_windows"):
+        real = getattr(stages, helper)
+        monkeypatch.setattr(stages, helper, lambda *a, _real=real, **k: built.append(1) or _real(*a, **k))
+    for name, build in builders.items():
+        alone = list(build((0, 1)))
+        assert len(alone) in (5, 7), name
+        for world in (2, 3):
+            for rank in range(world):
+                built.clear()
+                mine = list(build((rank, world)))
+                assert len(mine) == len(alone) // world == len(built), (name, rank, world)
+                for k, batch in enumerate(mine):
+                    expected = alone[rank + k * world]
+                    assert all(torch.equal(a, b) for a, b in zip(batch, expected) if a is not None), (name, rank, k)
 
 
 def test_extra_face_only_rows_are_the_models_face_only_output():
