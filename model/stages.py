@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +24,6 @@ from ..app.modelfile import session_options
 from .augment import augment_audio, augment_faces, random_window
 from .cache import atomic_save, cache_dir
 from .checkpoint import weights_sha256
-from .export import FrameEncoder, torch_to_onnx
 from .metrics import summarise
 from .network import AVTCA
 from .packed import inference_form
@@ -200,10 +198,14 @@ def distilled_targets(y: np.ndarray, teacher: np.ndarray, weight: float) -> np.n
     return ((1 - weight) * np.eye(teacher.shape[1], dtype=np.float32)[y] + weight * teacher).astype(np.float32)
 
 
-def frame_encoder_session(model: AVTCA) -> ort.InferenceSession:
+def frame_encoder_session(model: AVTCA):
     """The model's per-frame face CNN as the app runs it: avtca-export's per-frame encoder (uint8 crops ->
-    embeddings) in ONNX Runtime on the CPU, with as many threads as torch uses. Here it encodes a crop in less
-    than half the time PyTorch eager takes (docs/probes/embedding_pass.py)."""
+    embeddings) in an ONNX Runtime session on the CPU, with as many threads as torch uses. Here it encodes a crop
+    in less than half the time PyTorch eager takes (docs/probes/embedding_pass.py)."""
+    import onnxruntime as ort
+
+    from .export import FrameEncoder, torch_to_onnx  # onnx's import is most of a second: only stages that need it
+
     cfg = model.cfg
     example = torch.zeros(2, cfg.face_size, cfg.face_size, cfg.face_channels, dtype=torch.uint8)
     training = model.training
