@@ -10,6 +10,11 @@ import threading
 import numpy as np
 
 VAD_RMS_DBFS = -45.0  # a window whose RMS level is below this is silence (no voice input)
+# A sound card hands over a block every few tens of milliseconds, and a sound server may hold a few back and send
+# them together. Within this slack the ring takes blocks as they come, and a window ending after the newest
+# sample ends at the newest sample; beyond it, time without audio is silence (zeros), so the audio of a
+# microphone that stopped is neither scored as if it were current nor joined to what it sends when it is back.
+DELIVERY_SLACK_SECONDS = 0.25
 
 
 def centre_window(signal: np.ndarray, length: int) -> np.ndarray:
@@ -58,10 +63,16 @@ class AudioRing:
         self._lock = threading.Lock()
 
     def write(self, samples: np.ndarray, t_end: float) -> None:
-        """Append samples whose last one ends at capture time `t_end`."""
-        samples = np.asarray(samples, np.float32).reshape(-1)[-self.capacity:]
-        n = len(samples)
+        """Append samples whose last one ends at capture time `t_end`, after silence for the time since the
+        newest sample where that is longer than DELIVERY_SLACK_SECONDS."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
         with self._lock:
+            if self._t_end is not None:
+                gap = int(round((t_end - self._t_end) * self.sample_rate_hz)) - len(samples)
+                if gap > DELIVERY_SLACK_SECONDS * self.sample_rate_hz:
+                    samples = np.concatenate([np.zeros(min(gap, self.capacity), np.float32), samples])
+            samples = samples[-self.capacity:]
+            n = len(samples)
             pos = self._written % self.capacity
             first = min(n, self.capacity - pos)
             self._buf[pos:pos + first] = samples[:first]
@@ -74,18 +85,20 @@ class AudioRing:
         return self._t_end
 
     def window(self, t_end: float, length: int) -> np.ndarray:
-        """The `length` samples ending at capture time `t_end` (zeros where the history does not reach)."""
+        """The `length` samples ending at capture time `t_end`: zeros where the history does not reach, and
+        after the newest sample when `t_end` is more than DELIVERY_SLACK_SECONDS later than it."""
         with self._lock:
             if self._t_end is None:
                 return np.zeros(length, np.float32)
-            lag = int(round((self._t_end - t_end) * self.sample_rate_hz))
-            end = self._written - max(lag, 0)
+            lag = int(round((self._t_end - t_end) * self.sample_rate_hz))  # < 0: t_end is after the newest sample
+            if 0 > lag >= -DELIVERY_SLACK_SECONDS * self.sample_rate_hz:
+                lag = 0
+            end = self._written - lag
             start = end - length
             out = np.zeros(length, np.float32)
-            lo = max(start, self._written - self.capacity, 0)
-            if end > lo:
-                idx = np.arange(lo, end) % self.capacity
-                out[lo - start:] = self._buf[idx]
+            lo, hi = max(start, self._written - self.capacity, 0), min(end, self._written)
+            if hi > lo:
+                out[lo - start:hi - start] = self._buf[np.arange(lo, hi) % self.capacity]
             return out
 
 

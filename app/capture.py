@@ -20,6 +20,8 @@ from .audio import AudioRing
 from .media import MediaError, has_tracks, iter_video_frames, load_audio, video_info
 
 RING_SECONDS = 10.0  # audio history kept: enough for any window the model asks for
+MIC_STALL_SECONDS = 2.0  # no audio block for this long (a sound card sends one every 20 ms): the microphone stopped
+MIC_START_SECONDS = 5.0  # the first block may take longer (about 2 s through PulseAudio's ALSA plugin here)
 FILE_AUDIO_BLOCK_SECONDS = 0.02  # a file's audio is handed over in blocks this long, like a sound card
 
 
@@ -174,8 +176,8 @@ class CameraSource(Source):
             if not ok or bgr is None:
                 failures += 1
                 if failures >= 30:  # about a second of silence from the driver
-                    raise DeviceError(f"camera {self.index} stopped delivering frames; the app goes on with the "
-                                      f"voice alone")
+                    raise DeviceError(f"camera {self.index} stopped delivering frames; the face is marked missing "
+                                      f"from here on (check its connection, or pick another with --camera)")
                 time.sleep(0.03)
                 continue
             failures = 0
@@ -219,7 +221,7 @@ class MicSource:
         self.name = info["name"]
         self.rate = int(info["default_samplerate"])
         ring_owner.audio = AudioRing(self.rate, RING_SECONDS)
-        ring = ring_owner.audio
+        ring = self.ring = ring_owner.audio
 
         def callback(indata, frames, t, status):  # PortAudio's thread: copy and return
             ring.write(indata[:, 0].copy(), time.monotonic())
@@ -230,6 +232,17 @@ class MicSource:
             self._stream.start()
         except sd.PortAudioError as e:
             raise DeviceError(f"microphone {self.name!r} could not be started ({e})") from e
+        self.started = time.monotonic()
+
+    def fault(self) -> str | None:
+        """A sentence while no audio has come for MIC_STALL_SECONDS, or since it started for MIC_START_SECONDS
+        (unplugged, its driver or sound server gone); None while it delivers. Meanwhile the ticks find silence in
+        their windows, so the voice is marked missing."""
+        now, newest = time.monotonic(), self.ring.t_end
+        if (now - self.started <= MIC_START_SECONDS) if newest is None else (now - newest <= MIC_STALL_SECONDS):
+            return None
+        return (f"microphone {self.name!r} delivers no audio; the voice is marked missing until it does (check its "
+                f"connection, or pick another with --mic)")
 
     def close(self) -> None:
         self._stream.stop()
@@ -267,7 +280,8 @@ class DeviceSource(Source):
         pass
 
     def fault(self) -> str | None:
-        return self.camera.fault() if self.camera is not None else None
+        faults = [device.fault() for device in (self.camera, self.mic) if device is not None]
+        return "; ".join(f for f in faults if f) or None
 
     def exhausted(self) -> bool:
         camera_done = self.camera is None or self.camera.exhausted()

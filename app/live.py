@@ -104,8 +104,9 @@ def run_headless(args) -> int:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             fault = runner.source.fault()
-            if fault and fault != reported:  # say it once; the pipeline goes on with what is left
-                say(fault)
+            if fault != reported:  # say each fault once; the pipeline goes on with what is left
+                if fault:
+                    say(fault)
                 reported = fault
         if runner.source.fault() and runner.source.fault() != reported:
             say(runner.source.fault())

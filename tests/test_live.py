@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avtca.app import live
-from avtca.app.audio import AudioRing, frame_times, window_ending_at
+from avtca.app.audio import DELIVERY_SLACK_SECONDS, AudioRing, frame_times, window_ending_at
 from avtca.app.media import video_info
 from avtca.app.paths import DEMO_CLIP
 from avtca.app.pipeline import clip_times
@@ -97,6 +97,28 @@ def test_audio_ring_windows_are_aligned_by_time():
     assert np.array_equal(old, np.zeros(500, np.float32))
     assert np.array_equal(window_ending_at(signal, 100, 150)[:50], np.zeros(50))
     assert frame_times(3.0, 3.0, 3) == pytest.approx([0.5, 1.5, 2.5])
+
+
+def test_audio_ring_counts_audio_not_captured_as_silence():
+    """A window ending a little after the newest sample (a block on its way) ends at the newest sample; one
+    ending longer after (a microphone that stopped) has zeros where nothing was captured, not the old audio, and
+    so has the time without audio once the microphone sends again."""
+    ring = AudioRing(1000, 5.0)
+    signal = np.arange(1, 3001, dtype=np.float32)
+    for i in range(0, 3000, 20):
+        ring.write(signal[i:i + 20], (i + 20) / 1000)
+    assert np.array_equal(ring.window(3.0 + DELIVERY_SLACK_SECONDS, 500), signal[2500:3000])
+    late = ring.window(3.4, 1000)
+    assert np.array_equal(late[:600], signal[2400:3000]) and not late[600:].any()
+    assert not ring.window(4.5, 1000).any()  # stopped for longer than the window: nothing but silence
+    ring.write(signal[:100], 4.6)  # back after 1.5 s: its 0.1 s of audio, after 1.5 s of silence
+    back = ring.window(4.6, 2000)
+    assert np.array_equal(back[:400], signal[2600:3000]) and not back[400:1900].any()
+    assert np.array_equal(back[1900:], signal[:100])
+    # Blocks that come late together, within the slack, are taken as they are: no silence between them.
+    late_block = 4.62 + 0.8 * DELIVERY_SLACK_SECONDS
+    ring.write(signal[100:120], late_block)
+    assert np.array_equal(ring.window(late_block, 120), signal[:120])
 
 
 def test_import_live_without_display_runs_headless(tmp_path):

@@ -66,3 +66,46 @@ def test_microphone_through_sounddevice(virtual_mic, tmp_path):
     active = [r for r in lines if r["voice_active"]]
     # level_dbfs is written to 0.1 dB: a level just above -45 dBFS (active) is written as -45.0.
     assert len(active) >= 5 and all(r["voice"] is not None and r["level_dbfs"] >= -45.0 for r in active)
+
+
+def lines_of(path) -> list[dict]:
+    """The complete JSON lines written so far."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(x) for x in text.split("\n")[:-1]]  # the part after the last newline is still being written
+
+
+def test_microphone_that_stops_is_said_and_its_voice_comes_back(virtual_mic, tmp_path):
+    """The sound server stops the virtual microphone mid-run (its sink suspended), then resumes it. While it sends
+    nothing the app says so once and marks the voice missing, instead of scoring the last seconds it heard as if
+    they were current; when it sends again, the voice is heard again."""
+    speech = load_audio(shared("crema-d", "AudioWAV_16k", "1002_DFA_ANG_XX.wav"), 16000)
+    loud = np.flatnonzero(np.abs(speech) > 0.02)
+    raw = tmp_path / "speech.raw"  # the spoken part back to back: voice in every half second
+    raw.write_bytes((np.tile(speech[loud[0]:loud[-1]], 40) * 32767).astype("<i2").tobytes())
+    player = subprocess.Popen(["pacat", "--device=vsink", "--format=s16le", "--rate=16000", "--channels=1", str(raw)],
+                              env=virtual_mic)
+    out = tmp_path / "mic.jsonl"
+    live = subprocess.Popen([sys.executable, "-m", "avtca.app.live", "--headless", "--camera", "none", "--seconds",
+                             "14", "--out", str(out)], env=virtual_mic, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 40
+        while sum(r["voice_active"] for r in lines_of(out)) < 10:
+            assert live.poll() is None and time.monotonic() < deadline, "the app never heard the virtual microphone"
+            time.sleep(0.1)
+        stopped_at = len(lines_of(out))
+        subprocess.run(["pactl", "suspend-sink", "vsink", "1"], env=virtual_mic, check=True)
+        time.sleep(4)
+        resumed_at = len(lines_of(out))
+        subprocess.run(["pactl", "suspend-sink", "vsink", "0"], env=virtual_mic, check=True)
+        _, stderr = live.communicate(timeout=60)
+    finally:
+        live.kill()
+        player.terminate()
+    assert live.returncode == 0, stderr[-2000:]
+    lines = lines_of(out)
+    silent = lines[stopped_at + 10:resumed_at]  # from 1 s after the stop: past the slack and the newest half second
+    assert len(silent) >= 20
+    assert not any(r["voice_active"] or r["voice"] is not None for r in silent)
+    assert stderr.count("delivers no audio; the voice is marked missing until it does") == 1, stderr
+    after = lines[resumed_at:]
+    assert any(r["voice_active"] for r in after), "the voice did not come back with the microphone"
