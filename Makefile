@@ -47,8 +47,16 @@ model-train: $(VENV)/.dev-$(ORT_EXTRA)
 		--voice ravdess=$(VOICES) --split live --epochs 12 --lr 5e-4 --pairs-per-voice 2 --extra-faces 64 \
 		--flip-average --mixup 0.4 --threads 2 --out $(RUNS)/fusion
 
+# The export ships each stage's history, curves and validation confusion beside the evaluations: the card times
+# the training from them when the run folders are not at hand.
 model-export: $(VENV)/.dev-$(ORT_EXTRA)
 	$(BIN)/avtca-export $(RUNS)/fusion/best.pt -o exported/avtca.onnx
+	mkdir -p exported/eval/training
+	for s in face voice fusion; do \
+		cp $(RUNS)/$$s/history.json exported/eval/training/$${s}_history.json && \
+		cp $(RUNS)/$$s/curves.png exported/eval/training/$${s}_curves.png && \
+		cp $(RUNS)/$$s/confusion.png exported/eval/training/$${s}_validation_confusion.png || exit 1; \
+	done
 
 model-eval: $(VENV)/.dev-$(ORT_EXTRA)
 	$(EVAL) --dataset fer2013 --root $(DATA)/fer2013 --split test --ferplus $(DATA)/ferplus --json exported/eval/fer2013_publictest.json --plots exported/eval

@@ -120,6 +120,16 @@ def stage_folder(command: str, runs: Path | None) -> Path:
     return out
 
 
+def stage_history(stage: dict, runs: Path | None, shipped: Path | None) -> Path | None:
+    """A stage's history.json: in its run folder (`stage_folder`), else the copy shipped beside the evaluations
+    (`shipped`/<stage>_history.json, which make model-export writes), so a card made without the run folders
+    still times the training; None when neither exists."""
+    found = stage_folder(stage["command"], runs) / "history.json"
+    if not found.is_file() and shipped is not None:
+        found = shipped / f"{stage['stage']}_history.json"
+    return found if found.is_file() else None
+
+
 def on_gpu(command: str) -> bool:
     """Whether a stage's command trained on a GPU (`--device cuda`)."""
     return option_value(command, "--device") == "cuda"
@@ -136,7 +146,7 @@ def face_args(command: str) -> str:
     return " ".join(extra)
 
 
-def training_section(meta: dict, runs: Path | None) -> str:
+def training_section(meta: dict, runs: Path | None, shipped: Path | None = None) -> str:
     training = meta["training"]
     stages = training.get("stages", [])
     gpu = [on_gpu(stage["command"]) for stage in stages]
@@ -151,8 +161,8 @@ def training_section(meta: dict, runs: Path | None) -> str:
         lines.append(f"  - `{stage['command']}`")
     total = typical = gpu_total = 0.0  # as run; every epoch at the fastest epoch's time (undisturbed, roughly)
     for stage, on_device in zip(stages, gpu):
-        history = stage_folder(stage["command"], runs) / "history.json"
-        if history.is_file():
+        history = stage_history(stage, runs, shipped)
+        if history is not None:
             times = sorted(h["seconds"] for h in json.loads(history.read_text()))
             if on_device:
                 gpu_total += sum(times)
@@ -243,7 +253,7 @@ encoder, the audio front end and the head; the app cuts them apart for cheap liv
 - Label mapping: {json.dumps(mapping)}{crowd}
 
 ## How it was trained
-{training_section(meta, runs)}
+{training_section(meta, runs, eval_dir / "training")}
 
 ## Evaluation (written by avtca-eval through ONNX Runtime; DATA = ../shared/data)
 RAVDESS actors 17-20 and FER2013 PublicTest chose the best epoch, so their figures are validation figures, not

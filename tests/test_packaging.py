@@ -83,6 +83,33 @@ def test_model_card_times_each_stage_from_its_own_run_folder(tmp_path, monkeypat
     assert "(`make model` runs them)" in text and "GPU" not in text
 
 
+def test_model_card_times_the_training_from_the_shipped_histories_without_the_run_folders(tmp_path):
+    """make model-export ships each stage's history beside the evaluations; a card made where the run folders
+    are not (a fresh clone) still times the training from those, and the run folder wins where it is."""
+    import json
+
+    from avtca.model.card import training_section
+
+    shipped = tmp_path / "eval" / "training"
+    shipped.mkdir(parents=True)
+    (shipped / "face_history.json").write_text(json.dumps([{"seconds": 100.0}, {"seconds": 110.0}]))
+    (shipped / "voice_history.json").write_text(json.dumps([{"seconds": 4.0}] * 3))
+    run = tmp_path / "runs" / "voice"
+    run.mkdir(parents=True)
+    (run / "history.json").write_text(json.dumps([{"seconds": 6.0}] * 2))
+    stages = [{"stage": "face", "command": f"avtca-train --stage face --out {tmp_path / 'gone' / 'face'}",
+               "best_epoch": 2},
+              {"stage": "voice", "command": f"avtca-train --stage voice --out {run}", "best_epoch": 1},
+              {"stage": "fusion", "command": f"avtca-train --stage fusion --out {tmp_path / 'gone' / 'fusion'}",
+               "best_epoch": 1}]
+    text = training_section({"training": {"stages": stages}}, runs=None, shipped=shipped)
+    assert "- face stage: 2 epochs, 3.5 min of epoch time (fastest epoch 100 s), best validation epoch 2" in text
+    assert "- voice stage: 2 epochs, 0.2 min of epoch time (fastest epoch 6 s), best validation epoch 1" in text
+    assert "fusion stage:" not in text  # neither its run folder nor a shipped history: not timed, not invented
+    assert "(which CPU was not recorded; sum of epoch times" in text and ": 4 min; every epoch" in text
+    assert "face stage:" not in training_section({"training": {"stages": stages}}, runs=None)
+
+
 def test_model_card_times_gpu_stages_apart_from_the_cpu_total(tmp_path, monkeypatch):
     import json
 
