@@ -20,7 +20,7 @@ back to plain NCHW and another copy. The ShuffleNetV2 units of the face CNN have
 
 Paper preset, ONNX Runtime, one thread, measured side by side in one process: 94.9 ms with one tensor per stage
 and 0/1 masks carrying the kept halves, 81.9 ms with stages 3 and 4 pieced, 79.2 ms with the local feature
-extractor's grouped convolution as depthwise ones (PyTorch eager 156 ms in that run); see the README for what
+extractor's grouped convolution as depthwise ones (PyTorch eager 156 ms in that run); see docs/performance.md for what
 followed.
 """
 

@@ -376,9 +376,9 @@ def clip_from_views(views: np.ndarray, frames: int, g: torch.Generator) -> torch
 def pair_batches(data: PairData, model: AVTCA, pairs_per_voice: int, epoch: int, seed: int,
                  extra_faces: int = 0, mixup: float = 0.0,
                  share: Share = ALONE) -> Iterator[tuple[torch.Tensor | None, ...]]:
-    """This process's batches (`my_batches`) of same-label (voice, face) pairs, each four times over with the modality dropout presences,
-    plus `extra_faces` face-only clips of any training faces: the faces paired with voices are few (a few
-    thousand per epoch), and without the extras the face path forgets what the face CNN knew.
+    """This process's batches (`my_batches`) of same-label (voice, face) pairs, each four times over with the
+    modality dropout presences, plus `extra_faces` face-only clips of any training faces: the faces paired with
+    voices are few (a few thousand per epoch), and without the extras the face path forgets what the face CNN knew.
 
     With mixup > 0 each pair is mixed with another pair of the batch, voice and face alike, weight
     lambda ~ Beta(mixup, mixup), and the batch carries the mixed soft targets.

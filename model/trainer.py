@@ -61,7 +61,7 @@ def lr_factor(cfg: OptimConfig, epoch_float: float, epochs: int) -> float:
 def native_bf16(device: str) -> bool:
     """Whether `device` computes bfloat16 at full speed: a CUDA GPU that supports it, or a CPU whose oneDNN has
     bf16 kernels (AVX512 or AMX). An AVX2-only CPU emulates bf16: there the face stage trained about 10 times slower
-    in bf16 than in fp32 (README, "--bf16")."""
+    in bf16 than in fp32 (docs/performance.md)."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -170,7 +170,8 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
         module.train()
         t0 = time.time()
         total_loss = total_correct = total_n = 0.0
-        bar = tqdm(stage.batches(epoch, (rank, world)), total=stage.steps_per_epoch // world, desc=f"[{stage.name}] epoch {epoch + 1}/{epochs}",
+        bar = tqdm(stage.batches(epoch, (rank, world)), total=stage.steps_per_epoch // world,
+                   desc=f"[{stage.name}] epoch {epoch + 1}/{epochs}",
                    disable=not (progress and is_main(rank)), leave=False, mininterval=2.0)
         for step, batch in enumerate(bar):
             for group in optimizer.param_groups:
