@@ -135,7 +135,7 @@ class MainWindow(QMainWindow):
         self.plot.setYRange(0, 1)
         self.plot.setLabel("bottom", "seconds ago")
         self.plot.setLabel("left", "fused probability")
-        self.plot.addLegend(offset=(5, 5))
+        self.plot.addLegend(offset=(5, 5), colCount=4)  # two rows: seven labels in one column outgrow the plot
         self.plot.setMinimumHeight(170)
         self.plot.setMaximumHeight(220)
         self.curves = {label: self.plot.plot(pen=pg.mkPen(COLOURS[i % len(COLOURS)], width=2), name=label)

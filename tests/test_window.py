@@ -45,6 +45,11 @@ def test_window_updates_records_and_closes(tmp_path: Path):
     assert window.video.pixmap() is not None and not window.video.pixmap().isNull()
     assert "CPUExecutionProvider" in window.status.text() and "inference" in window.status.text()
     assert window.groups["face"].bars["happy"].value() > 0  # the face was found and scored
+    # Every label of the plot's legend is inside the plot's area, none hidden behind its axis.
+    visible = window.plot.getPlotItem().vb.sceneBoundingRect()
+    legend = window.plot.getPlotItem().legend
+    assert [label.text for _, label in legend.items] == list(info.labels)
+    assert all(visible.contains(label.sceneBoundingRect()) for _, label in legend.items)
     ARTEFACTS.mkdir(exist_ok=True)
     assert window.grab().save(str(ARTEFACTS / "window.png"))
     window.stop_recording()
