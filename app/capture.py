@@ -20,6 +20,8 @@ from .audio import AudioRing
 from .media import MediaError, has_tracks, iter_video_frames, load_audio, video_info
 
 RING_SECONDS = 10.0  # audio history kept: enough for any window the model asks for
+CAMERA_FAILURES = 30  # failed reads in a row, about a second of them: the camera stopped
+CAMERA_RETRY_SECONDS = 1.0  # then it is opened again this often until it delivers
 MIC_STALL_SECONDS = 2.0  # no audio block for this long (a sound card sends one every 20 ms): the microphone stopped
 MIC_START_SECONDS = 5.0  # the first block may take longer (about 2 s through PulseAudio's ALSA plugin here)
 FILE_AUDIO_BLOCK_SECONDS = 0.02  # a file's audio is handed over in blocks this long, like a sound card
@@ -155,18 +157,22 @@ class CameraSource(Source):
 
         self._cv2 = cv2
         self.index = resolve_camera(spec)
-        # Opening, OpenCV logs every backend it tried, ten lines for one missing camera; the sentence below says what
-        # matters.
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        try:
-            self._cap = cv2.VideoCapture(self.index)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
+        self._cap = self._open()
         if not self._cap.isOpened():
             self._cap.release()
             raise DeviceError(f"no camera could be opened at {self.index}; connect one, pick another with "
                               f"--camera, or play a file with --source FILE")
+
+    def _open(self):
+        """A capture of this camera. Opening, OpenCV logs every backend it tried, ten lines for one missing camera;
+        the app's own sentence says what matters."""
+        logging = self._cv2.utils.logging
+        level = logging.getLogLevel()
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+        try:
+            return self._cv2.VideoCapture(self.index)
+        finally:
+            logging.setLogLevel(level)
 
     def run(self) -> None:
         failures = 0
@@ -175,12 +181,21 @@ class CameraSource(Source):
             now = time.monotonic()
             if not ok or bgr is None:
                 failures += 1
-                if failures >= 30:  # about a second of silence from the driver
-                    raise DeviceError(f"camera {self.index} stopped delivering frames; the face is marked missing "
-                                      f"from here on (check its connection, or pick another with --camera)")
-                time.sleep(0.03)
+                if failures < CAMERA_FAILURES:
+                    time.sleep(0.03)
+                    continue
+                # About a second without a frame (unplugged, its driver or stream gone): say so, and open it
+                # again each CAMERA_RETRY_SECONDS until it delivers or the app stops.
+                self.error = (f"camera {self.index} delivers no frames; the face is marked missing until it does "
+                              f"(check its connection, or pick another with --camera)")
+                self._cap.release()
+                if self._stop.wait(CAMERA_RETRY_SECONDS):
+                    return
+                self._cap = self._open()
+                failures = 0
                 continue
             failures = 0
+            self.error = None
             rgb = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
             self.frames.put(Frame(now, rgb, now, (time.monotonic() - now) * 1000))
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -81,23 +84,76 @@ def test_no_camera_falls_back_to_the_demo_clip():
     assert lines and all(line.startswith("avtca-live: ") for line in lines), lines
 
 
-def test_camera_that_stops_mid_run_leaves_the_pipeline_running(tmp_path):
-    """A 'camera' that is really a short file: OpenCV delivers its frames, then nothing more."""
-    clip = shared("crema-d", "VideoFlash", "1001_DFA_ANG_XX.flv")
-    camera = CameraSource(str(clip))
+def stream_rounds(fifo: Path, clip: Path, rounds: int, seconds: float, pause: float) -> None:
+    """A camera stream that drops out: `rounds` times, open the named pipe, stream `seconds` of the clip's frames
+    as MPEG-TS in real time, and close it; `pause` seconds between rounds."""
+    frames = [cv2.resize(rgb, (320, 240)) for _, rgb in iter_video_frames(clip)]
+    for r in range(rounds):
+        try:
+            stream_once(fifo, frames, seconds)
+        except BrokenPipeError:  # the camera was closed: the app stopped
+            return
+        if r < rounds - 1:
+            time.sleep(pause)
+
+
+def stream_once(fifo: Path, frames: list, seconds: float) -> None:
+    """Open the named pipe (waiting for its reader), write `seconds` of frames at 25 a second, close it."""
+    with open(fifo, "wb") as pipe:
+        out = av.open(pipe, "w", format="mpegts")
+        stream = out.add_stream("mpeg1video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(int(seconds * 25)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")):
+                out.mux(packet)
+            pipe.flush()
+            time.sleep(0.04)
+        for packet in stream.encode():
+            out.mux(packet)
+        out.close()
+
+
+def test_camera_that_stops_is_said_and_opened_again(tmp_path):
+    """A camera stream (MPEG-TS through a named pipe, in real time) that stops for 3 s and comes back. The app says
+    the camera delivers no frames and marks the face missing, opens it again until it does, and then the face is
+    back and the fault cleared."""
+    fifo = tmp_path / "camera.ts"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=stream_rounds, args=(fifo, shared("unlabelled_video", "single_face.mp4"), 2,
+                                                          3.0, 3.0), daemon=True)
+    writer.start()
+    camera = CameraSource(str(fifo))
     source = DeviceSource(camera, mic_spec="no-such-microphone")
     assert any("running on video alone" in n for n in source.notes)
     session, info = open_model(DEFAULT_MODEL)
     from avtca.app.runner import Runner
 
-    results = []
+    results, stopped, resumed, fault = [], None, None, None  # stopped, resumed: when the test saw the fault come, go
     with FaceDetector() as detector:  # closed here: MediaPipe's own finaliser can hang when run by the GC later
         runner = Runner(source, Engine(session, info, detector), results.append)
         runner.start()
-        assert runner.done.wait(30), "the worker did not stop after the camera died"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and resumed is None:
+            now = source.fault()
+            if now and stopped is None:
+                stopped, fault = time.monotonic(), now
+            if stopped is not None and now is None:
+                resumed = time.monotonic()  # frames again
+            time.sleep(0.05)
+        assert resumed is not None, f"the camera's frames did not come back (its fault: {source.fault()})"
+        while time.monotonic() < deadline and not any(r.t > resumed + 1.0 for r in results):
+            time.sleep(0.05)
         runner.stop()
-    assert "stopped delivering frames" in source.fault()
-    assert results and any(r.face_present for r in results)
+    writer.join(timeout=10)
+    assert fault == (f"camera {fifo} delivers no frames; the face is marked missing until it does (check its "
+                     f"connection, or pick another with --camera)")
+    assert source.fault() is None and runner.error is None
+    # Ticks are stamped on the camera's clock (time.monotonic), whatever the worker's lag behind it.
+    before = [r for r in results if r.t < stopped - 1.5]
+    during = [r for r in results if stopped <= r.t <= resumed]
+    after = [r for r in results if r.t > resumed + 0.5]
+    assert sum(r.face_present for r in before) >= 5 and during and not any(r.face_present for r in during)
+    assert after and all(r.face_present for r in after)
 
 
 def test_file_without_audio_track_runs_on_the_face(tmp_path):
