@@ -175,6 +175,12 @@ class CameraSource(Source):
             logging.setLogLevel(level)
 
     def run(self) -> None:
+        try:
+            self._capture()
+        finally:  # also when stop() gave up waiting for an open that took long: the capture is this thread's
+            self._cap.release()
+
+    def _capture(self) -> None:
         failures = 0
         while not self._stop.is_set():
             ok, bgr = self._cap.read()
