@@ -508,7 +508,21 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"avtca-train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process is interrupted; one says so
+            print(f"avtca-train: stopped; {stopped_at(Path(args.out), args.epochs)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def stopped_at(out: Path, epochs: int) -> str:
+    """Where an interrupted run stands: the checkpoint written after its last finished epoch, which the same
+    command resumes from (checkpoints are written whole or not at all), or that there is none yet."""
+    last = out / "last.pt"
+    if not last.is_file():
+        return f"no epoch had finished, so nothing was saved in {out}"
+    done = len(torch.load(last, map_location="cpu", weights_only=False)["extra"]["history"])
+    return f"{last} holds epoch {done} of {epochs}; the same command resumes from there (--no-resume starts over)"
 
 
 if __name__ == "__main__":

@@ -202,15 +202,16 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
                   "train_accuracy": total_correct / max(total_n, 1), "val_accuracy": metrics["accuracy"],
                   "val_uar": metrics["uar"], "val_macro_f1": metrics["macro_f1"], "seconds": time.time() - t0}
         history.append(record)
-        modes = "".join(f" | {m} {v['accuracy']:.1%}" for m, v in metrics.get("modes", {}).items())
-        log(f"[{stage.name}] epoch {epoch + 1}/{epochs} loss {record['train_loss']:.3f} train acc "
-            f"{record['train_accuracy']:.1%} | val {format_line('', metrics)[2:]}{modes} | {record['seconds']:.0f} s")
         score = metrics.get("selection", metrics["accuracy"])  # stages may select on more than accuracy
         if score > best["val_accuracy"]:
             best = {"val_accuracy": score, "epoch": epoch + 1, "metrics": metrics}
             save(out_dir / "best.pt", metrics)
         save(last, metrics)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        # Said once the epoch is saved: a run stopped after this line resumes after this epoch.
+        modes = "".join(f" | {m} {v['accuracy']:.1%}" for m, v in metrics.get("modes", {}).items())
+        log(f"[{stage.name}] epoch {epoch + 1}/{epochs} loss {record['train_loss']:.3f} train acc "
+            f"{record['train_accuracy']:.1%} | val {format_line('', metrics)[2:]}{modes} | {record['seconds']:.0f} s")
         curves_png(history, out_dir / "curves.png", f"{stage.name}: training curves")
     if is_main(rank) and "metrics" in best:
         confusion_png(best["metrics"]["confusion_matrix"], list(stage.labels), out_dir / "confusion.png",

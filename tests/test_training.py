@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,32 @@ def test_resume_continues_from_last_epoch(recipe, capsys):
     assert train.main(args) == 0
     _, state = load_checkpoint(recipe["voice"] / "last.pt")
     assert len(state["training"]["stages"][-1]["sittings"]) == 2
+
+
+def test_ctrl_c_says_where_the_run_stands_and_the_same_command_resumes(cache, tmp_path):
+    """Ctrl-C after the first epoch: one sentence (no traceback) naming the checkpoint of the finished epoch,
+    exit code 130; the same command then trains the rest from there."""
+    out = tmp_path / "voice"
+    command = [sys.executable, "-m", "avtca.model.train", "--stage", "voice", "--voice",
+               f"ravdess={shared('ravdess', 'Audio_Speech_16k_Actors_01-20')}", "--epochs", "2", "--max-items",
+               "96", "--no-progress", "--threads", "1", "--out", str(out)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line.startswith("[voice] epoch 1/2"):
+                run.send_signal(signal.SIGINT)
+                break
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"avtca-train: stopped; {out / 'last.pt'} holds epoch 1 of 2; the same "
+                                               f"command resumes from there (--no-resume starts over)")
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stdout and "[voice] epoch 2/2" in again.stdout
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
 
 
 def test_trained_checkpoint_exports_and_evaluates_alike(recipe, tmp_path):
