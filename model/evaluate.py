@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFileError, FileNotFoundError, ValueError) as e:
         print(f"avtca-eval: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("avtca-eval: stopped before the end; nothing was scored or written", file=sys.stderr)
+        return 130
     modes = [m for m in MODES if m in result] or [None]
     for mode in modes:
         print(format_line(f"{args.dataset} {mode or ''}".strip(), result[mode] if mode else result))

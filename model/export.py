@@ -14,6 +14,8 @@ import datetime as dt
 import io
 import json
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -297,7 +299,13 @@ def export(model: AVTCA, out: Path, *, training: dict | None, evaluation: dict |
             _write_metadata(staged, metadata)
         metadata["verification"] = verify(model, staged, int8)
         _write_metadata(staged, metadata)
-        out.write_bytes(staged.read_bytes())
+        # Whole or not at all: a stopped or failed export leaves a model already at `out` as it was.
+        partial = out.with_name(out.name + ".partial")
+        try:
+            shutil.copyfile(staged, partial)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
     return metadata
 
 
@@ -325,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ExportCheckError) as e:
         print(f"avtca-export: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"avtca-export: stopped; {args.output} was not written (a file there is as it was)", file=sys.stderr)
+        return 130
     v = meta["verification"]
     figure = f"argmax agreement {v['agreement']:.1%}" if args.int8 else f"max |diff| {v['max_abs_diff']:.1e}"
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, preset {meta['preset']}, "

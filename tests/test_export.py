@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +261,29 @@ def test_flip_average_is_in_the_exported_frame_encoder(tmp_path: Path):
     e_mirror = frames.run(None, {"crops": np.ascontiguousarray(crops[:, :, ::-1])})[0]
     assert np.abs(e - e_mirror).max() <= 1e-4 * np.abs(e).max()
     assert json.loads(onnx.load(str(out)).metadata_props[0].value)["config"]["face_flip_average"] is True
+
+
+def test_export_stopped_midway_leaves_the_model_there_as_it_was(tmp_path):
+    """Ctrl-C while the export verifies its file (its graph already written in the temporary folder): one sentence,
+    exit code 130, and the model the export would have replaced is untouched, with no partial file beside it."""
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the model exported before")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = subprocess.Popen([sys.executable, "-m", "avtca.model.export", "--init", "live", "-o", str(target)],
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(scratch.glob("*/fp32.onnx")):
+            assert run.poll() is None and time.monotonic() < deadline, "the export never wrote its graph"
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"avtca-export: stopped; {target} was not written (a file there is as "
+                                               f"it was)")
+    assert target.read_bytes() == b"the model exported before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "tmp"]
