@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,21 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is not on this machine (set AVTCA_SHARED_DATA to its folder)")
     return path
+
+
+def ctrl_c_once(command: list[str], ready: Callable[[], bool], env: dict | None = None) -> tuple[int, str]:
+    """Run `command`, press Ctrl-C (SIGINT) as soon as `ready()` is true, and return its exit code and stderr."""
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert run.poll() is None and time.monotonic() < deadline, f"{command} ended or hung before Ctrl-C"
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    return run.returncode, stderr
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,8 @@ from avtca.model.checkpoint import save_checkpoint, weights_sha256
 from avtca.model.config import preset
 from avtca.model.export import FP32_TOLERANCE, example_inputs, main as export_main
 from avtca.model.network import AVTCA
+
+from conftest import ctrl_c_once
 
 
 def fresh_live_model() -> AVTCA:
@@ -270,18 +269,10 @@ def test_export_stopped_midway_leaves_the_model_there_as_it_was(tmp_path):
     target.write_bytes(b"the model exported before")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    run = subprocess.Popen([sys.executable, "-m", "avtca.model.export", "--init", "live", "-o", str(target)],
-                           stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)})
-    try:
-        deadline = time.monotonic() + 120
-        while not list(scratch.glob("*/fp32.onnx")):
-            assert run.poll() is None and time.monotonic() < deadline, "the export never wrote its graph"
-            time.sleep(0.02)
-        run.send_signal(signal.SIGINT)
-        _, stderr = run.communicate(timeout=60)
-    finally:
-        run.kill()
-    assert run.returncode == 130, stderr[-2000:]
+    returncode, stderr = ctrl_c_once([sys.executable, "-m", "avtca.model.export", "--init", "live", "-o", str(target)],
+                                     lambda: bool(list(scratch.glob("*/fp32.onnx"))),
+                                     env={**os.environ, "TMPDIR": str(scratch)})
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (f"avtca-export: stopped; {target} was not written (a file there is as "
                                                f"it was)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from avtca.model.checkpoint import load_checkpoint
 from avtca.model.export import main as export_main
 from avtca.model.trainer import native_bf16
 
-from conftest import shared
+from conftest import ctrl_c_once, shared
 
 pytestmark = pytest.mark.slow
 
@@ -96,16 +95,8 @@ def test_ctrl_c_says_where_the_run_stands_and_the_same_command_resumes(cache, tm
     command = [sys.executable, "-m", "avtca.model.train", "--stage", "voice", "--voice",
                f"ravdess={shared('ravdess', 'Audio_Speech_16k_Actors_01-20')}", "--epochs", "2", "--max-items",
                "96", "--no-progress", "--threads", "1", "--out", str(out)]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in run.stdout:
-            if line.startswith("[voice] epoch 1/2"):
-                run.send_signal(signal.SIGINT)
-                break
-        _, stderr = run.communicate(timeout=120)
-    finally:
-        run.kill()
-    assert run.returncode == 130, stderr[-2000:]
+    returncode, stderr = ctrl_c_once(command, (out / "last.pt").is_file)  # written whole when epoch 1 ends
+    assert returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (f"avtca-train: stopped; {out / 'last.pt'} holds epoch 1 of 2; the same "
                                                f"command resumes from there (--no-resume starts over)")
