@@ -7,6 +7,7 @@ video frame is kept in a one-slot holder and painted by a display timer, so noth
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -292,4 +293,21 @@ def run_window(args, build) -> int:
     window.resize(1100, 760)
     window.show()
     runner.start()
-    return app.exec()
+    if args.out:  # --out records from the start, as the headless app writes there
+        window.start_recording(args.out)
+    interrupted = threading.Event()
+
+    def close_on_ctrl_c(*_) -> None:  # Ctrl-C in the terminal closes the window as its close button does
+        interrupted.set()
+        window.close()
+
+    previous = signal.signal(signal.SIGINT, close_on_ctrl_c)
+    wake = QTimer()  # Qt's event loop runs no Python while idle: this lets the handler run within 0.2 s
+    wake.timeout.connect(lambda: None)
+    wake.start(200)
+    try:
+        code = app.exec()
+    finally:
+        wake.stop()
+        signal.signal(signal.SIGINT, previous)
+    return 130 if interrupted.is_set() else code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 from avtca.app.live import build, parser  # noqa: E402
 from avtca.app.window import MainWindow  # noqa: E402
 
-from conftest import REPO, shared  # noqa: E402
+from conftest import REPO, ctrl_c_once, shared  # noqa: E402
 
 ARTEFACTS = REPO / "tests" / "artefacts"
 
@@ -64,3 +65,21 @@ def test_window_updates_records_and_closes(tmp_path: Path):
     assert runner.error is None
     window.close()
     assert runner.done.is_set() and runner.source.finished.is_set()  # worker and source stopped
+
+
+def test_window_records_from_the_start_and_closes_on_ctrl_c(tmp_path: Path):
+    """avtca-live with a window: --out records from the start, and Ctrl-C in the terminal closes the window as its
+    close button does (exit code 130, no traceback, every recorded line whole)."""
+    out = tmp_path / "rec.jsonl"
+
+    def recorded() -> list[str]:
+        return out.read_text().splitlines() if out.is_file() else []
+
+    clip = shared("unlabelled_video", "WolfgangLanger_Pexels.mp4")  # 20 s: still playing when Ctrl-C comes
+    command = [sys.executable, "-m", "avtca.app.live", "--source", str(clip), "--out", str(out)]
+    returncode, stderr = ctrl_c_once(command, lambda: len(recorded()) >= 5,
+                                     env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    lines = [json.loads(line) for line in recorded()]
+    assert len(lines) >= 5 and all({"t", "fused", "face"} <= set(r) for r in lines)
