@@ -415,19 +415,32 @@ def main(argv: list[str] | None = None) -> int:
         except ModelFileError as e:
             print(f"avtca-bench: {e}", file=sys.stderr)
             return 1
+    if args.face_stage == "cuda" and not torch.cuda.is_available():
+        print("avtca-bench: --face-stage cuda asked for, but this torch sees no CUDA device; use --face-stage cpu",
+              file=sys.stderr)
+        return 2
+    out: dict = {}
+    try:
+        measure(args, out, lambda msg: print(msg, flush=True))
+    except KeyboardInterrupt:
+        if out:
+            report(out, None)
+        print(f"avtca-bench: stopped; {'the figures above were measured before that, and ' if out else ''}"
+              f"nothing was written", file=sys.stderr)
+        return 130
+    return report(out, args.json)
+
+
+def measure(args, out: dict, log) -> None:
+    """Fill `out` with the figures the command line asks for, each as soon as it is measured."""
     if args.face_stage:
-        if args.face_stage == "cuda" and not torch.cuda.is_available():
-            print("avtca-bench: --face-stage cuda asked for, but this torch sees no CUDA device; use --face-stage cpu",
-                  file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
-        out = {"threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
-               "gpu": torch.cuda.get_device_name() if args.face_stage == "cuda" else None}
-        bench_face_stage(args.face_stage, 5 if args.quick else 100, out, lambda msg: print(msg, flush=True))
-        return report(out, args.json)
+        out.update({"threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
+                    "gpu": torch.cuda.get_device_name() if args.face_stage == "cuda" else None})
+        bench_face_stage(args.face_stage, 5 if args.quick else 100, out, log)
+        return
     runs = 20 if args.quick else max(args.runs, 200)
-    out: dict = environment(args.threads)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    out.update(environment(args.threads))
     bench_model("live", args.threads, runs, int8=not args.quick, out=out, log=log)
     bench_model_encoder(args.model, args.threads, runs, out, log)
     if not args.quick:
@@ -443,7 +456,6 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             bench_training("live", 10, 32, out, log, "cuda")
             bench_training("paper", 10, 8, out, log, "cuda")
-    return report(out, args.json)
 
 
 def report(out: dict, json_path: Path | None) -> int:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pytest
 
 from avtca.model import bench
+
+from conftest import ctrl_c_once
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +65,18 @@ def test_a_bad_model_or_figures_file_is_one_sentence_before_any_timing(tmp_path,
     with pytest.raises(SystemExit):
         bench.main(["--markdown", str(notes)])
     assert f"argument --markdown: {notes} is not a readable JSON file (Expecting value" in capsys.readouterr().err
+
+
+def test_bench_stopped_midway_prints_what_it_measured_and_writes_nothing(tmp_path):
+    """Ctrl-C in the middle of the face stage's 100 timed steps (a minute or more on a 2-core CPU): the figures
+    measured so far are printed, the --json file is not written (a partial file would pass for a whole one), and
+    one sentence says so, exit code 130."""
+    figures = tmp_path / "bench.json"
+    started = time.monotonic()
+    returncode, stderr = ctrl_c_once([sys.executable, "-m", "avtca.model.bench", "--face-stage", "cpu", "--threads",
+                                      "1", "--json", str(figures)], lambda: time.monotonic() > started + 15)
+    assert returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == ("avtca-bench: stopped; the figures above were measured before that, "
+                                               "and nothing was written")
+    assert not figures.exists()
