@@ -114,13 +114,13 @@ def stream_once(fifo: Path, frames: list, seconds: float) -> None:
 
 
 def test_camera_that_stops_is_said_and_opened_again(tmp_path):
-    """A camera stream (MPEG-TS through a named pipe, in real time) that stops for 3 s and comes back. The app says
-    the camera delivers no frames and marks the face missing, opens it again until it does, and then the face is
-    back and the fault cleared."""
+    """A camera stream (MPEG-TS through a named pipe, in real time, 4 s a round) that stops for 3 s and comes back. The
+    app says the camera delivers no frames and marks the face missing, opens it again until it does, and then
+    the face is back and the fault cleared."""
     fifo = tmp_path / "camera.ts"
     os.mkfifo(fifo)
     writer = threading.Thread(target=stream_rounds, args=(fifo, shared("unlabelled_video", "single_face.mp4"), 2,
-                                                          3.0, 3.0), daemon=True)
+                                                          4.0, 3.0), daemon=True)
     writer.start()
     camera = CameraSource(str(fifo))
     source = DeviceSource(camera, mic_spec="no-such-microphone")
@@ -148,9 +148,11 @@ def test_camera_that_stops_is_said_and_opened_again(tmp_path):
     assert fault == (f"camera {fifo} delivers no frames; the face is marked missing until it does (check its "
                      f"connection, or pick another with --camera)")
     assert source.fault() is None and runner.error is None
-    # Ticks are stamped on the camera's clock (time.monotonic), whatever the worker's lag behind it.
+    # Ticks are stamped on the camera's clock (time.monotonic), whatever the worker's lag behind it. The test sees
+    # the fault come and go late on a busy machine, never early: the stream had stopped about a second before
+    # `stopped` and stays away for the 3-s pause, and it had come back before `resumed`.
     before = [r for r in results if r.t < stopped - 1.5]
-    during = [r for r in results if stopped <= r.t <= resumed]
+    during = [r for r in results if stopped <= r.t <= stopped + 1.5]
     after = [r for r in results if r.t > resumed + 0.5]
     assert sum(r.face_present for r in before) >= 5 and during and not any(r.face_present for r in during)
     assert after and all(r.face_present for r in after)
