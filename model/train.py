@@ -40,7 +40,7 @@ from .stages import (
     fusion_loss, fusion_validate, pair_batches, voice_batches, CLIP_BATCH, FACE_BATCH,
 )
 from .metrics import summarise
-from .trainer import OptimConfig, Stage, fit, native_bf16
+from .trainer import OptimConfig, Stage, fit, last_state, native_bf16
 
 FACE_VIEWS = 6  # cached augmented views per training face for the fusion stage
 
@@ -401,10 +401,9 @@ def sittings(args, this: dict) -> list[dict]:
     """The sittings of this stage's run folder: those its last.pt records when this run resumes it, then this one
     from the first epoch it trains. A stage run in two sittings (stopped, then resumed on another machine or in
     another precision) keeps where each of its epochs trained."""
-    last = Path(args.out) / "last.pt"
-    if args.no_resume or not last.is_file():
+    state = None if args.no_resume else last_state(Path(args.out))
+    if state is None:
         return [this]
-    state = torch.load(last, map_location="cpu", weights_only=False)
     done = len(state["extra"]["history"])
     stage = ((state.get("training") or {}).get("stages") or [{}])[-1]
     before = stage.get("sittings") or [{"first_epoch": 1, "precision": stage.get("precision", "not recorded"),
@@ -518,11 +517,12 @@ def main(argv: list[str] | None = None) -> int:
 def stopped_at(out: Path, epochs: int) -> str:
     """Where an interrupted run stands: the checkpoint written after its last finished epoch, which the same
     command resumes from (checkpoints are written whole or not at all), or that there is none yet."""
-    last = out / "last.pt"
-    if not last.is_file():
+    state = last_state(out)
+    if state is None:
         return f"no epoch had finished, so nothing was saved in {out}"
-    done = len(torch.load(last, map_location="cpu", weights_only=False)["extra"]["history"])
-    return f"{last} holds epoch {done} of {epochs}; the same command resumes from there (--no-resume starts over)"
+    done = len(state["extra"]["history"])
+    return (f"{out / 'last.pt'} holds epoch {done} of {epochs}; the same command resumes from there (--no-resume "
+            f"starts over)")
 
 
 if __name__ == "__main__":

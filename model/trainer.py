@@ -123,6 +123,13 @@ def _validate_on_cpu(stage: Stage, module: nn.Module, device: str) -> dict:
         module.to(device)
 
 
+def last_state(out_dir: Path) -> dict | None:
+    """What a run folder's last.pt holds (written whole after each epoch: the stage's weights, the optimizer, the
+    history), or None when it has none."""
+    last = out_dir / "last.pt"
+    return torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+
+
 def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device: str = "cpu",
         autocast_bf16: bool = False, resume: bool = True, log: Callable[[str], None] = print,
         progress: bool = True, compiled: bool = False) -> dict:
@@ -152,8 +159,7 @@ def fit(stage: Stage, *, epochs: int, optim: OptimConfig, out_dir: Path, device:
     history: list[dict] = []
     start_epoch, best = 0, {"val_accuracy": -1.0}
     last = out_dir / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    if resume and (state := last_state(out_dir)) is not None:
         module.load_state_dict(state["extra"]["stage_module"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["extra"]["history"]
